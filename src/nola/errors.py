@@ -1,0 +1,33 @@
+"""The project's user-facing error type.
+
+Every problem a user can cause (a bad file, a missing key, a wrong config) is raised as
+`NolaError` with a one-line message naming the file/line/key and what to do. Entry points catch it
+and print the message without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class NolaError(Exception):
+    """A problem with the user's input, files or environment, with a message saying what to do."""
+
+
+def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a CLI entry point: a `NolaError` prints `error: <message>` and exits with status 2."""
+
+    @wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except NolaError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

@@ -1,0 +1,33 @@
+"""Shared fixtures: the real-data mirror (../shared/data) and the GPT-2 vocabulary."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_path() -> Path:
+    """Where the real datasets live: $NOLA_SHARED_DATA, else ../shared/data beside the checkout."""
+    return Path(os.environ.get("NOLA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-data mirror; tests using it skip cleanly when it is absent."""
+    path = shared_data_path()
+    if not (path / "e2e" / "test.txt").is_file():
+        pytest.skip(f"real data mirror not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vocab_dir() -> Path:
+    """GPT-2's encoder.json + vocab.bpe (from the data mirror); skips when absent."""
+    path = shared_data_path() / "vocab"
+    if not (path / "encoder.json").is_file():
+        pytest.skip(f"GPT-2 vocabulary not found at {path}")
+    return path
