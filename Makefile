@@ -1,0 +1,61 @@
+# GPT-2 + LoRA/NOLA on E2E, DART and WebNLG. `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_MIRROR ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv and install the package with its test extras (CPU torch)
+
+test: setup ## set up if needed, then run the fast test suite
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup ## run the slow tests too (integration on ../shared/data included)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+data: setup ## download/prepare E2E, WebNLG, DART (DATA_MIRROR=dir copies from a local mirror)
+	$(PY) -m nola.data.prepare --data-dir data $(if $(DATA_MIRROR),--mirror $(DATA_MIRROR))
+
+e2e-nola: setup ## GPT-2 M + NOLA on E2E: train, decode, score, results (needs GPT-2 weights; GPU)
+	bash scripts/e2e.sh nola
+e2e-lora: setup ## GPT-2 M + LoRA r=4 on E2E
+	bash scripts/e2e.sh lora
+e2e-ft: setup ## GPT-2 M full fine-tuning on E2E
+	bash scripts/e2e.sh ft
+dart-nola: setup ## GPT-2 M + NOLA on DART
+	bash scripts/dart.sh nola
+dart-lora: setup ## GPT-2 M + LoRA on DART
+	bash scripts/dart.sh lora
+webnlg-nola: setup ## GPT-2 M + NOLA on WebNLG
+	bash scripts/webnlg.sh nola
+webnlg-lora: setup ## GPT-2 M + LoRA on WebNLG
+	bash scripts/webnlg.sh lora
+
+tables: setup ## regenerate the paper tables and figure from every results.json
+	$(PY) -m nola.tables
+
+mini: setup ## offline mini reproduction on CPU (< 30 min): pretrain, adapt, decode, score, table
+	bash scripts/mini.sh $(if $(DATA_MIRROR),DATA_MIRROR=$(DATA_MIRROR))
+
+bench: setup ## speed/memory benchmarks -> eval/results/bench.{json,md}
+	$(PY) -m nola.bench
+
+clean: ## remove caches and build outputs (keeps data/ and runs/)
+	rm -rf .pytest_cache src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: help setup test test-slow data e2e-nola e2e-lora e2e-ft dart-nola dart-lora webnlg-nola webnlg-lora tables mini bench clean
