@@ -2,11 +2,12 @@
 
 The two files are the ones OpenAI released with GPT-2 and microsoft/LoRA ships under
 `examples/NLG/vocab/`; `nola.data.download` fetches them for users. Ids equal OpenAI's reference
-`encoder.py` (tested against transformers' Python `GPT2Tokenizer` on all three datasets).
+`encoder.py` (tested against a plain-Python transcription of that algorithm on all three datasets).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,6 @@ class GPT2Tokenizer:
 
 def load_tokenizer(vocab_dir: str | Path) -> GPT2Tokenizer:
     """Build the tokenizer from `vocab_dir/encoder.json` and `vocab_dir/vocab.bpe`."""
-    import hashlib
-
     vocab_dir = Path(vocab_dir)
     if not vocab_dir.is_dir():
         raise NolaError(f"vocab directory {vocab_dir} does not exist; run `make data` to fetch it")
@@ -58,7 +57,7 @@ def load_tokenizer(vocab_dir: str | Path) -> GPT2Tokenizer:
     try:
         json.loads(encoder_path.read_text(encoding="utf-8"))
         model = models.BPE.from_file(str(encoder_path), str(merges_path))
-    except (ValueError, UnicodeDecodeError, Exception) as err:  # tokenizers raises plain Exception
+    except Exception as err:  # json raises ValueError; tokenizers raises plain Exception
         raise NolaError(f"cannot read GPT-2 vocabulary from {vocab_dir}: {err}") from None
     backend = Tokenizer(model)
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -46,9 +46,29 @@ class GPT2Config:
 
     @classmethod
     def from_hf_dict(cls, hf: dict) -> GPT2Config:
-        """Read the fields we use from an HF `config.json` dict (other keys are ignored)."""
+        """Read the fields we use from an HF `config.json` dict.
+
+        Options that change the function (another activation, inner width, attention scaling,
+        cross-attention) are refused rather than ignored; other keys are ignored.
+        """
+        for key, allowed in HF_FIXED_OPTIONS.items():
+            value = hf.get(key, allowed[0])
+            if key == "n_inner" and value == 4 * hf.get("n_embd", cls.n_embd):
+                continue
+            if value not in allowed:
+                raise NolaError(f"{key}={value!r} is not supported by this GPT-2 implementation (expects {allowed[0]!r})")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in hf.items() if k in known})
+
+
+HF_FIXED_OPTIONS: dict[str, tuple] = {  # HF GPT2Config options this model implements only one way
+    "model_type": ("gpt2",),
+    "activation_function": ("gelu_new", "gelu_pytorch_tanh"),
+    "n_inner": (None,),
+    "scale_attn_weights": (True,),
+    "scale_attn_by_inverse_layer_idx": (False,),
+    "add_cross_attention": (False,),
+}
 
 
 NAMED_CONFIGS: dict[str, dict] = {

@@ -9,6 +9,7 @@ checksum matches. `NOLA_HUB_ENDPOINT` points the download elsewhere (a mirror, o
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from nola.errors import NolaError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20
+RESUME_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ def fetch_hub_model(name: str, *, cache_dir: str | Path | None = None, timeout: 
     from nola.model.gpt2 import GPT2Config
     from nola.model.loading import hf_config_dict
 
+    if name not in HUB_MODELS:
+        raise NolaError(f"unknown hub model {name!r}; known: {', '.join(HUB_MODELS)}")
     spec = HUB_MODELS[name]
     target = cache_root(cache_dir) / name
     target.mkdir(parents=True, exist_ok=True)
@@ -80,42 +84,89 @@ def fetch_hub_model(name: str, *, cache_dir: str | Path | None = None, timeout: 
 
 
 def download_verified(url: str, dest: Path, sha256: str | None, *, timeout: float, what: str) -> None:
-    """Download `url` to `dest`, resuming `dest.part`, and verify sha256 before renaming."""
+    """Download `url` to `dest`, resuming `dest.part`, and verify sha256 before renaming.
+
+    A connection that drops midway is resumed with a Range request, up to RESUME_ATTEMPTS times in
+    one call; after that the partial file stays and the next call resumes it.
+    """
     checked = dest.with_name(dest.name + ".sha256")
-    if dest.is_file() and checked.is_file() and checked.read_text().strip() == _sha256(dest):
-        return
+    if dest.is_file() and checked.is_file():
+        recorded = checked.read_text().strip()
+        if (sha256 is None or recorded == sha256) and recorded == _sha256(dest):
+            return
     part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and offset:  # the part is already complete
-            response = None
-        else:
-            raise NolaError(f"downloading {what}: {url} answered HTTP {err.code}. {NO_WEIGHTS_HELP}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise NolaError(f"cannot download {what} from {url} ({reason}). {NO_WEIGHTS_HELP}") from None
-    if response is not None:
-        sha256 = sha256 or _hub_sha256(response.headers)
-        if sha256 is None:
-            raise NolaError(f"{url}: the hub reports no sha256 and none is pinned; refusing an unverified download")
-        resumed = response.status == 206
-        mode = "ab" if resumed else "wb"
-        total = int(response.headers.get("Content-Length") or 0) + (offset if resumed else 0)
-        with response, open(part, mode) as out, tqdm(
-            total=total or None, initial=offset if resumed else 0, unit="B", unit_scale=True, desc=dest.name
-        ) as bar:
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                bar.update(len(chunk))
+    for attempt in range(1, RESUME_ATTEMPTS + 1):
+        try:
+            sha256 = _download_to_part(url, part, sha256, timeout=timeout, what=what)
+            break
+        except (http.client.HTTPException, OSError) as err:
+            if attempt == RESUME_ATTEMPTS:
+                size = part.stat().st_size if part.is_file() else 0
+                raise NolaError(
+                    f"downloading {what} from {url} was interrupted {attempt} times ({err or type(err).__name__}); "
+                    f"{size} bytes are kept in {part}: run again to resume"
+                ) from None
     actual = _sha256(part)
-    if sha256 is None or actual != sha256:
+    if actual != sha256:
         part.unlink()
         raise NolaError(f"{url}: sha256 mismatch (expected {sha256}, got {actual}); the partial file was removed, retry")
     os.replace(part, dest)
-    checked.write_text(actual + "\n")
+    tmp = checked.with_name(checked.name + ".tmp")
+    tmp.write_text(actual + "\n")
+    os.replace(tmp, checked)
+
+
+class _LinkedEtagRecorder(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, keeping the sha256 the hub states in the redirect to its CDN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sha256: str | None = None
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.sha256 = self.sha256 or _hub_sha256(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _download_to_part(url: str, part: Path, sha256: str | None, *, timeout: float, what: str) -> str:
+    """Append the rest of `url` to `part` (from its current size); return the sha256 to check against.
+
+    Errors before any byte arrives become NolaError; a connection lost while reading propagates, so
+    the caller can resume.
+    """
+    offset = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    redirects = _LinkedEtagRecorder()
+    try:
+        response = urllib.request.build_opener(redirects).open(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # the part is already complete (or longer than the file)
+            if sha256:
+                return sha256
+            part.unlink()
+            return _download_to_part(url, part, sha256, timeout=timeout, what=what)
+        raise NolaError(f"downloading {what}: {url} answered HTTP {err.code}. {NO_WEIGHTS_HELP}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise NolaError(f"cannot download {what} from {url} ({reason}). {NO_WEIGHTS_HELP}") from None
+    with response:
+        sha256 = sha256 or redirects.sha256 or _hub_sha256(response.headers)
+        if sha256 is None:
+            raise NolaError(f"{url}: the hub reports no sha256 and none is pinned; refusing an unverified download")
+        resumed = response.status == 206
+        start = offset if resumed else 0
+        length = int(response.headers.get("Content-Length") or 0)
+        received = 0
+        with open(part, "ab" if resumed else "wb") as out, tqdm(
+            total=(length + start) or None, initial=start, unit="B", unit_scale=True, desc=part.name.removesuffix(".part")
+        ) as bar:
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if received < length:  # http.client returns b"" at a dropped connection instead of raising
+        raise http.client.IncompleteRead(b"", length - received)
+    return sha256
 
 
 def _hub_sha256(headers) -> str | None:

@@ -58,9 +58,14 @@ def _load_hf_dir(directory: Path) -> GPT2:
     if not config_path.is_file():
         raise NolaError(f"{directory} has no config.json; expected a Hugging Face GPT-2 directory")
     try:
-        config = GPT2Config.from_hf_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(hf, dict):
+            raise ValueError(f"expected a JSON object, found {type(hf).__name__}")
+        config = GPT2Config.from_hf_dict(hf)
     except (ValueError, TypeError) as err:
         raise NolaError(f"{config_path}: not a valid GPT-2 config.json ({err})") from None
+    except NolaError as err:
+        raise NolaError(f"{config_path}: {err}") from None
     for name in WEIGHT_FILES:
         if (directory / name).is_file():
             return from_state_dict(read_state_dict(directory / name), config, directory / name)
@@ -73,14 +78,28 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError) as err:
-        raise NolaError(f"{path}: cannot read weights, the file is corrupt or truncated ({err})") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise NolaError(f"{path}: refused to load: not a plain tensor checkpoint ({first})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise NolaError(f"{path}: expected a state dict of tensors")
+    except pickle.UnpicklingError as err:
+        raise NolaError(
+            f"{path}: refused to load: not a plain tensor checkpoint ({_weights_only_reason(err)}); "
+            "only safetensors files or pickled state dicts of tensors are read, since unpickling anything else can run code"
+        ) from None
+    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as err:
+        reason = str(err).strip().split(". ")[0].splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NolaError(f"{path}: cannot read weights, the file is corrupt or truncated ({reason})") from None
+    if not isinstance(state, dict):
+        raise NolaError(f"{path}: expected a state dict of tensors, found a {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise NolaError(f"{path}: expected a state dict of tensors, key {key!r} holds a {type(value).__name__}")
     return state
+
+
+def _weights_only_reason(err: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only refusal that says what it met (e.g. an unsupported GLOBAL)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(err).splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(boilerplate)]
+    return reasons[0] if reasons else "weights_only unpickling failed"
 
 
 def infer_config(state: dict[str, torch.Tensor], path: Path) -> GPT2Config:
