@@ -1,0 +1,139 @@
+"""File plumbing for the data stage: atomic writes, digests, and readers that fail with a location.
+
+Every writer goes through `atomic_path`: the content lands in a temporary file in the destination's
+directory and is moved into place with `os.replace` only when complete, so an interrupted or failed
+run never leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nola.errors import NolaError
+
+HASH_CHUNK = 1 << 20
+
+
+@contextmanager
+def atomic_path(dest: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it replaces `dest`, on error it is removed."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(dest: str | Path, text: str) -> None:
+    """Write `text` as UTF-8 to `dest` atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="\n")
+
+
+def write_json_atomic(dest: str | Path, value: Any) -> None:
+    """Write `value` as indented JSON to `dest` atomically."""
+    write_text_atomic(dest, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def render_lines(lines: list[str], what: str | Path) -> str:
+    """One newline-terminated line per item; an item with a line break is an error naming `what`."""
+    for number, line in enumerate(lines, 1):
+        if "\n" in line or "\r" in line:
+            raise NolaError(f"cannot write {what}: item {number} contains a line break ({line[:60]!r}...)")
+    return "".join(line + "\n" for line in lines)
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """A file's size, sha256 and git blob id (`git hash-object`: sha1 of b'blob <size>\\0' + bytes)."""
+
+    size: int
+    sha256: str
+    git_blob: str
+
+
+def digest_file(path: str | Path) -> FileDigest:
+    """Hash `path` once for both its sha256 and its git blob id."""
+    path = Path(path)
+    size = path.stat().st_size
+    sha256 = hashlib.sha256()
+    blob = hashlib.sha1(f"blob {size}\0".encode())
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            sha256.update(chunk)
+            blob.update(chunk)
+    return FileDigest(size=size, sha256=sha256.hexdigest(), git_blob=blob.hexdigest())
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 hex digest of a file."""
+    return digest_file(path).sha256
+
+
+def read_utf8(path: str | Path) -> str:
+    """Read a text file as strict UTF-8 with universal newlines; bad bytes name their line."""
+    path = Path(path)
+    if not path.is_file():
+        raise NolaError(f"{path}: file not found; run `make data` (python -m nola.data.prepare) to create it")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise NolaError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x}); "
+            "re-download the file or re-save it as UTF-8"
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; invalid JSON raises a NolaError with the line and column."""
+    text = read_utf8(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise NolaError(
+            f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}); re-download or repair the file"
+        ) from None
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """Yield (`line N`, object) for each non-empty line of a JSON-lines file of objects."""
+    path = Path(path)
+    for number, line in enumerate(read_utf8(path).split("\n"), 1):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise NolaError(f"{path}:{number}: invalid JSON ({err.msg}); rerun `make data`") from None
+        yield f"line {number}", expect_type(record, dict, where=f"line {number}", path=path)
+
+
+def expect_type(value: Any, kind: type | tuple[type, ...], *, where: str, path: Path) -> Any:
+    """Return `value` if it has type `kind`; else a NolaError naming the file and the key path `where`."""
+    if not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise NolaError(f"{path}: {where} should be {expected}, found {type(value).__name__}")
+    return value
+
+
+def json_field(container: dict, key: str, kind: type | tuple[type, ...], *, where: str, path: Path) -> Any:
+    """`container[key]` checked for presence and type; `where` is the container's key path in `path`."""
+    if key not in container:
+        raise NolaError(f"{path}: {where} is missing the key {key!r}; is this the right file?")
+    return expect_type(container[key], kind, where=f"{where}.{key}", path=path)
