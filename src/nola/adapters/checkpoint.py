@@ -1,0 +1,250 @@
+"""Adapter-only checkpoints: `adapter.safetensors` + `adapter_config.json`, loaded strictly.
+
+The tensors are exactly `adapter_params(model)`: LoRA's A and B, NOLA's coefficients (optionally
+bit-packed, see `quantize`), or every weight for full fine-tuning. NOLA's bases are never stored: the
+JSON records the seed of every frozen matrix, the adapter config, the base architecture and the
+base fingerprint (`nola.model.base_fingerprint`); loading refuses any mismatch with a NolaError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from nola.adapters.config import AdapterConfig, as_adapter_config
+from nola.adapters.inject import (
+    adapter_config_of,
+    adapter_params,
+    count_trainable,
+    inject_adapters,
+    is_merged,
+    nola_seeds,
+    nola_slots,
+)
+from nola.adapters import quantize as quantization
+from nola.errors import NolaError
+from nola.model import base_fingerprint as fingerprint_of
+
+WEIGHTS_FILE = "adapter.safetensors"
+CONFIG_FILE = "adapter_config.json"
+FORMAT = "nola-adapter"
+FORMAT_VERSION = 1
+QUANTIZED_PREFIX = "nola_coefficients"  # quantized files: <prefix>.packed/.min/.step, vectors in adapter_params order
+ARCHITECTURE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+# safetensors writes tensors by dtype (this order), then by name; see `safetensors_file_bytes`.
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.uint8: "U8",
+}
+
+
+def adapter_tensors(model: nn.Module, quant_bits: int | None = None) -> dict[str, torch.Tensor]:
+    """What the adapter file holds, by name: `adapter_params`, or NOLA coefficients bit-packed."""
+    params = adapter_params(model)
+    if quant_bits is None:
+        return {name: param.detach() for name, param in params.items()}
+    if adapter_config_of(model).kind != "nola":
+        raise NolaError("only NOLA coefficients can be stored quantized (adapter.quant_bits)")
+    stored = quantization.quantize_vectors(list(params.values()), quant_bits)
+    return {f"{QUANTIZED_PREFIX}.{part}": value for part, value in stored.items()}
+
+
+def quantize_adapter_(model: nn.Module, bits: int) -> None:
+    """Round NOLA's coefficients to `bits`-bit levels in place (what a quantized file restores)."""
+    if adapter_config_of(model).kind != "nola":
+        raise NolaError("only NOLA coefficients can be quantized")
+    quantization.quantize_coefficients_(adapter_params(model), bits)
+
+
+def save_adapter(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    base_fingerprint: str,
+    model_name: str,
+    extra: dict[str, Any] | None = None,
+    quantize: bool = True,
+) -> Path:
+    """Write `adapter.safetensors` and `adapter_config.json` into `directory` (each atomically).
+
+    `base_fingerprint` is that of the base the adapter was trained on (taken before training).
+    NOLA coefficients are stored with `adapter.quant_bits` bits when it is set and `quantize` is True.
+    """
+    config = adapter_config_of(model)
+    bits = config.quant_bits if quantize else None
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: tensor.to("cpu").contiguous() for name, tensor in adapter_tensors(model, bits).items()}
+    document = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "model_name": model_name,
+        "architecture": {key: getattr(model.config, key) for key in ARCHITECTURE_FIELDS},
+        "base_fingerprint": base_fingerprint,
+        "adapter": config.to_dict(),
+        "coefficient_bits": bits,
+        "trainable_params": count_trainable(model),
+        "seeds": nola_seeds(model),
+        "extra": extra or {},
+    }
+    try:
+        text = json.dumps(document, indent=1) + "\n"
+    except TypeError as err:
+        raise NolaError(f"save_adapter: `extra` must hold JSON values only ({err})") from None
+    write_atomic(directory / WEIGHTS_FILE, lambda path: save_file(tensors, str(path)))
+    write_atomic(directory / CONFIG_FILE, lambda path: path.write_text(text, encoding="utf-8"))
+    return directory
+
+
+def write_atomic(target: Path, write: Callable[[Path], object]) -> None:
+    """Call write(temp) on a temporary file beside `target`, then rename it over `target`."""
+    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(handle)
+    try:
+        write(Path(temp))
+        os.chmod(temp, 0o644)  # mkstemp makes it owner-only; results are meant to be shared
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    """The parsed `adapter_config.json` of a saved adapter (checked to be one of ours)."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise NolaError(f"{path} not found; expected a directory written by nola.adapters.save_adapter")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise NolaError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise NolaError(f"{path}: not a NOLA adapter config (format != {FORMAT!r})")
+    if document.get("version") != FORMAT_VERSION:
+        raise NolaError(f"{path}: adapter format version {document.get('version')} is not supported (expected {FORMAT_VERSION})")
+    for key in ("architecture", "base_fingerprint", "adapter", "coefficient_bits", "seeds"):
+        if key not in document:
+            raise NolaError(f"{path}: missing key {key!r}")
+    return document
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> AdapterConfig:
+    """Load a saved adapter into `model` (injecting it first if the model has none); strict.
+
+    Refuses: another architecture or base weights (fingerprint), a different adapter structure,
+    missing/unexpected tensors, wrong shapes (e.g. a coefficient vector of the wrong length).
+    """
+    directory = Path(directory)
+    document = read_adapter_config(directory)
+    config_path = directory / CONFIG_FILE
+    for key in ARCHITECTURE_FIELDS:
+        saved, have = document["architecture"].get(key), getattr(model.config, key)
+        if saved != have:
+            raise NolaError(f"{config_path}: adapter is for a base with {key}={saved}, this model has {key}={have}")
+    if is_merged(model):
+        raise NolaError("the model's adapters are merged; unmerge_adapters(model) before loading an adapter")
+    fingerprint = fingerprint_of(model)
+    if document["base_fingerprint"] != fingerprint:
+        raise NolaError(
+            f"{config_path}: adapter was trained on base {document['base_fingerprint']} "
+            f"({document.get('model_name')}), this model's base is {fingerprint}; load the matching base weights"
+        )
+    config = _saved_config(document, config_path)
+    current = getattr(model, "adapter_config", None)
+    if current is None:
+        inject_adapters(model, config)
+    elif not current.same_structure(config):
+        raise NolaError(f"{config_path}: adapter config {config.to_dict()} differs from the model's {current.to_dict()}")
+    _apply_seeds(model, document["seeds"], config_path)
+    _copy_tensors(model, directory / WEIGHTS_FILE, document["coefficient_bits"])
+    return config
+
+
+def _saved_config(document: dict, config_path: Path) -> AdapterConfig:
+    try:
+        return as_adapter_config(dict(document["adapter"]))
+    except NolaError as err:
+        raise NolaError(f"{config_path}: {err}") from None
+    except TypeError as err:
+        raise NolaError(f"{config_path}: invalid adapter config ({err})") from None
+
+
+def _apply_seeds(model: nn.Module, saved: dict, config_path: Path) -> None:
+    slots = nola_slots(model)
+    if set(saved) != set(slots):
+        missing = sorted(set(slots) - set(saved)) or sorted(set(saved) - set(slots))
+        raise NolaError(f"{config_path}: seeds do not match the model's NOLA matrices (first difference: {missing[0]})")
+    for name, slot in slots.items():
+        try:
+            slot.set_seeds(saved[name])
+        except NolaError as err:
+            raise NolaError(f"{config_path}: seeds of {name}: {err}") from None
+
+
+def _copy_tensors(model: nn.Module, path: Path, bits: int | None) -> None:
+    if not path.is_file():
+        raise NolaError(f"{path} not found; the adapter directory is incomplete")
+    try:
+        stored = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise NolaError(f"{path}: cannot read the adapter weights, the file is corrupt or truncated ({err})") from None
+    expected = adapter_tensors(model, bits)
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing:
+        raise NolaError(
+            f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing); was it saved with another adapter config?"
+        )
+    if unexpected:
+        raise NolaError(f"{path}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} unexpected)")
+    for name, want in expected.items():
+        if stored[name].shape != want.shape or (bits is not None and stored[name].dtype != want.dtype):
+            raise NolaError(
+                f"{path}: tensor {name!r} is {stored[name].dtype} {tuple(stored[name].shape)}; this model needs "
+                f"{want.dtype} {tuple(want.shape)} (a coefficient vector of the wrong length, or another config)"
+            )
+    params = adapter_params(model)
+    if bits is None:
+        values = [stored[name] for name in params]
+    else:
+        parts = {key.removeprefix(QUANTIZED_PREFIX + "."): value for key, value in stored.items()}
+        values = quantization.dequantize_vectors(parts, bits, [param.numel() for param in params.values()])
+    with torch.no_grad():
+        for param, value in zip(params.values(), values):
+            param.copy_(value.view_as(param))
+
+
+def safetensors_file_bytes(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> int:
+    """The exact size of the safetensors file `save_file` writes for these (dtype, shape) tensors.
+
+    Layout: u64 header length, a compact JSON header (tensors ordered by dtype then name, with byte
+    offsets) padded with spaces to a multiple of 8, then the raw data. Checked against real files in
+    tests/test_params.py.
+    """
+    order = list(SAFETENSORS_DTYPES)
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, (dtype, shape) in sorted(specs.items(), key=lambda item: (order.index(item[1][0]), item[0])):
+        size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":"))
+    return len(struct.pack("<Q", 0)) + (len(text) + 7) // 8 * 8 + offset
+
+
+def adapter_file_bytes(model: nn.Module, quant_bits: int | None = None) -> int:
+    """Size of the `adapter.safetensors` that save_adapter writes for `model`; works on the meta device."""
+    specs = {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in adapter_tensors(model, quant_bits).items()}
+    return safetensors_file_bytes(specs)

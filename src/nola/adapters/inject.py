@@ -1,0 +1,148 @@
+"""Put adapters into a GPT-2, decide what trains, and merge them for inference.
+
+`inject_adapters` replaces the configured projections of every block with `AdaptedLinear` and records
+the config on the model (`model.adapter_config`). `adapter_params` is the one place that says which
+tensors train and are saved: the parameters of the adapter slots (LoRA, NOLA), every weight (full),
+or none — found by module type, not by matching names (as torchtune's `get_adapter_params`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+from torch import nn
+
+from nola.adapters.bases import derive_seed
+from nola.adapters.config import MODULE_PATHS, AdapterConfig, as_adapter_config
+from nola.adapters.layers import NOLA_SEED_ROLES, AdaptedLinear, LoraSlot, NolaSlot
+from nola.errors import NolaError
+
+
+def inject_adapters(model: nn.Module, config: AdapterConfig | Any) -> None:
+    """Adapt `model` in place as `config` says and freeze everything that is not trained."""
+    config = replace(as_adapter_config(config))
+    if getattr(model, "adapter_config", None) is not None:
+        raise NolaError("the model already has adapters; build a fresh model to inject another configuration")
+    if config.kind in ("lora", "nola"):
+        for index, block in enumerate(model.transformer.h):
+            for module in config.modules:
+                parent_path, _, attr = MODULE_PATHS[module].rpartition(".")
+                parent = block.get_submodule(parent_path)
+                name = f"transformer.h.{index}.{MODULE_PATHS[module]}"
+                setattr(parent, attr, _adapt(getattr(parent, attr), name, module, config))
+        _check_distinct_seeds(model)
+    for param in model.parameters():
+        param.requires_grad_(config.kind == "full")
+    model.adapter_config = config
+    for param in adapter_params(model).values():
+        param.requires_grad_(True)
+
+
+def _adapt(base: nn.Module, name: str, module: str, config: AdapterConfig) -> AdaptedLinear:
+    if not isinstance(base, nn.Linear):
+        raise NolaError(f"{name} is a {type(base).__name__}, not a plain nn.Linear; cannot adapt it")
+    slot_names = config.slots(module)
+    if module == "c_attn":
+        width = base.out_features // 3
+        rows = {slot: ("qkv".index(slot) * width, ("qkv".index(slot) + 1) * width) for slot in slot_names}
+    else:
+        rows = {"w": (0, base.out_features)}
+    slots = {slot: _make_slot(base, f"{name}.adapter.{slot}", stop - start, config) for slot, (start, stop) in rows.items()}
+    return AdaptedLinear(base, slots, rows, rank=config.rank, scale=config.scale, dropout=config.dropout)
+
+
+def _make_slot(base: nn.Linear, name: str, out_features: int, config: AdapterConfig) -> nn.Module:
+    d_in, rank = base.in_features, config.rank
+    if rank > min(d_in, out_features):
+        raise NolaError(f"adapter.rank={rank} exceeds the size of {name} ({out_features} × {d_in})")
+    place = dict(device=base.weight.device, dtype=base.weight.dtype)
+    if config.kind == "lora":
+        return LoraSlot(d_in, out_features, rank, init_seed=derive_seed(config.base_seed, name, "lora_A"), **place)
+    for key, entries, matrix in (("num_basis_a", rank * d_in, "A"), ("num_basis_b", out_features * rank, "B")):
+        if getattr(config, key) > entries:
+            raise NolaError(
+                f"adapter.{key}={getattr(config, key)} is more bases than {name}'s {matrix} has entries ({entries}); "
+                "NOLA compresses only with fewer"
+            )
+    seeds = {role: derive_seed(config.base_seed, name, role) for role in NOLA_SEED_ROLES}
+    return NolaSlot(
+        d_in,
+        out_features,
+        rank,
+        num_basis_a=config.num_basis_a,
+        num_basis_b=config.num_basis_b,
+        seeds=seeds,
+        cache_bases=config.cache_bases,
+        **place,
+    )
+
+
+def _check_distinct_seeds(model: nn.Module) -> None:
+    seen: dict[int, str] = {}
+    for name, seeds in nola_seeds(model).items():
+        for role, seed in seeds.items():
+            if seed in seen:
+                raise NolaError(f"derived seed collision between {seen[seed]} and {name}.{role}; change adapter.base_seed")
+            seen[seed] = f"{name}.{role}"
+
+
+def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear]]:
+    for name, module in model.named_modules():
+        if isinstance(module, AdaptedLinear):
+            yield name, module
+
+
+def adapter_config_of(model: nn.Module) -> AdapterConfig:
+    config = getattr(model, "adapter_config", None)
+    if config is None:
+        raise NolaError("the model has no adapter configuration; call inject_adapters(model, config) first")
+    return config
+
+
+def adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Exactly the tensors that train and that an adapter checkpoint holds, by their model names."""
+    config = getattr(model, "adapter_config", None)
+    if config is None or config.kind == "none":
+        return {}
+    if config.kind == "full":
+        return dict(model.named_parameters())  # the tied lm_head appears once, as transformer.wte.weight
+    return {
+        f"{layer_name}.adapter.{name}": param
+        for layer_name, layer in adapted_layers(model)
+        for name, param in layer.adapter.named_parameters()
+    }
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(param.numel() for param in adapter_params(model).values())
+
+
+def nola_seeds(model: nn.Module) -> dict[str, dict[str, int]]:
+    """The seeds of every NOLA slot, by slot name (`….c_attn.adapter.q`), as recorded in checkpoints."""
+    return {name: dict(slot.seeds) for name, slot in nola_slots(model).items()}
+
+
+def nola_slots(model: nn.Module) -> dict[str, NolaSlot]:
+    return {
+        f"{layer_name}.adapter.{name}": slot
+        for layer_name, layer in adapted_layers(model)
+        for name, slot in layer.adapter.items()
+        if isinstance(slot, NolaSlot)
+    }
+
+
+def is_merged(model: nn.Module) -> bool:
+    return any(layer.merged for _, layer in adapted_layers(model))
+
+
+def merge_adapters(model: nn.Module) -> None:
+    """Fold all adapters into the base weights (before decoding or export)."""
+    for _, layer in adapted_layers(model):
+        layer.merge()
+
+
+def unmerge_adapters(model: nn.Module) -> None:
+    for _, layer in adapted_layers(model):
+        layer.unmerge()
