@@ -327,3 +327,17 @@ def test_config_json_that_is_not_an_object(saved_hf_dir):
     with pytest.raises(NolaError, match="expected a JSON object") as error:
         load_gpt2(saved_hf_dir)
     assert "config.json" in assert_one_line(error)
+
+
+def test_base_fingerprint_ignores_dtype_and_dropout_but_not_weights():
+    from nola.model import GPT2Config, base_fingerprint, init_gpt2
+
+    config = GPT2Config.named("tiny")
+    reference = base_fingerprint(init_gpt2(config, seed=3))
+    assert base_fingerprint(init_gpt2(config, seed=3).to(torch.bfloat16)) == reference
+    assert base_fingerprint(init_gpt2(GPT2Config.named("tiny", attn_pdrop=0.0), seed=3)) == reference
+    assert base_fingerprint(init_gpt2(config, seed=4)) != reference
+    changed = init_gpt2(config, seed=3)
+    with torch.no_grad():
+        changed.transformer.h[1].mlp.c_fc.weight.mul_(1.5)
+    assert base_fingerprint(changed) != reference

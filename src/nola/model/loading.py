@@ -29,6 +29,7 @@ from nola.model.gpt2 import GPT2, NAMED_CONFIGS, GPT2Config
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 MASK_BUFFER = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+ARCHITECTURE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "layer_norm_epsilon")
 HEADS_BY_WIDTH = {cfg["n_embd"]: cfg["n_head"] for cfg in NAMED_CONFIGS.values()}
 
 
@@ -186,11 +187,14 @@ def base_fingerprint(model: GPT2) -> str:
 
     Adapters record it and refuse to load onto a different base. Sampling keeps it cheap at GPT-2 L
     sizes; any re-initialised or re-trained tensor changes it. Adapter-wrapped layers expose their
-    base weight under the same name, so the fingerprint is taken of the frozen base only.
+    base weight under the same name, so the fingerprint is taken of the frozen base only. Only the
+    architecture enters (not dropout rates), and sampled values are rounded to bfloat16, so the
+    same base run in float32, bfloat16 or with other dropout has the same fingerprint.
     """
-    digest = hashlib.sha256(json.dumps(model.config.__dict__, sort_keys=True).encode())
+    architecture = {f: getattr(model.config, f) for f in ARCHITECTURE_FIELDS}
+    digest = hashlib.sha256(json.dumps(architecture, sort_keys=True).encode())
     for key, value in sorted(base_state_items(model)):
-        flat = value.detach().reshape(-1).float().cpu()
+        flat = value.detach().reshape(-1).to(torch.bfloat16).float().cpu()
         stride = max(1, flat.numel() // 4096)
         digest.update(key.encode())
         digest.update(flat[::stride].numpy().tobytes())
