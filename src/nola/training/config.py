@@ -1,21 +1,48 @@
 """Schema of the Hydra `train` group: the optimisation recipe.
 
-Defaults follow the NOLA paper's GPT-2 M E2E script (Koohpayegani et al., ICLR 2024, App. /
-`gpt/` scripts, DESIGN.md §5) and microsoft/LoRA's `gpt2_ft.py` flags (Hu et al., 2022, Table 11):
-AdamW with β = (0.9, 0.999), ε = 1e-6, weight decay 0, 5 epochs, linear warmup of 500 steps then
-linear decay to 0, label smoothing 0.1, seed 110.
+Defaults follow the NOLA paper's GPT-2 M E2E script (Koohpayegani et al., ICLR 2024,
+`gpt/scripts/finetune_gpt2m_e2e_qv_nola.sh`, DESIGN.md §5), which passes microsoft/LoRA's
+`gpt2_ft.py` flags (Hu et al., ICLR 2022, Table 11): AdamW with β = (0.9, 0.999), ε = 1e-6,
+bias correction, weight decay 0, batch 8, 5 epochs, linear warmup of 500 steps then linear decay
+to 0, label smoothing 0.1, no clipping (`--clip 0.0`), seed 110. conf/train/*.yaml hold the other
+recipes with their sources.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nola.errors import NolaError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 @dataclass
 class TrainConfig:
+    """One training recipe.
+
+    batch_size: sequences per optimizer step, summed over processes and accumulation steps; each
+        process runs micro-batches of batch_size / (world_size * grad_accum) sequences.
+    warmup_steps: optimizer steps of linear warmup from 0 to `lr`; then linear decay to 0 at the
+        end of `epochs` (LoRA `--scheduler linear --warmup_step`).
+    label_smoothing: ε of LoRA's loss (1 - ε)·nll + ε·mean over the vocabulary of -log p.
+    max_grad_norm: clip the adapter gradients' global norm (0: no clipping).
+    precision: auto = bf16 autocast on CUDA, fp32 on CPU; fp16 uses a gradient scaler (CUDA only).
+    base_dropout: dropout inside GPT-2 while training (LoRA's model has none; HF's has 0.1).
+    max_steps: stop after this many optimizer steps (the schedule still spans `epochs`, so a stopped
+        run continues exactly when rerun without it).
+    max_time_s: stop (with a checkpoint) after this much wall time in this invocation.
+    save_every: optimizer steps between checkpoints; one is also written at each epoch end and
+        when the run stops early.
+    keep_last: checkpoints kept (older ones are deleted once a newer one is complete).
+    valid_batch_size: sequences per validation batch per process (LoRA `--valid_batch_size 4`).
+    device: auto = this process's CUDA device when there is one, else cpu.
+    resume: continue from the run directory's last checkpoint when there is one.
+    """
+
     epochs: int = 5
     lr: float = 5e-3
-    batch_size: int = 8  # sequences per optimizer step, across all processes and accumulation
+    batch_size: int = 8
     grad_accum: int = 1
     warmup_steps: int = 500
     weight_decay: float = 0.0
@@ -23,12 +50,39 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-6
     label_smoothing: float = 0.1
-    max_grad_norm: float = 0.0  # 0 disables clipping (LoRA's scripts pass --clip 0.0)
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
+    max_grad_norm: float = 0.0
+    precision: str = "auto"
+    base_dropout: float = 0.0
     seed: int = 110
-    max_steps: int = 0  # > 0 stops after that many optimizer steps (smoke runs, budgets)
-    max_time_s: float = 0.0  # > 0 stops after that much wall time (the mini reproduction's budget)
+    max_steps: int = 0
+    max_time_s: float = 0.0
     log_every: int = 20
-    save_every: int = 1000  # optimizer steps between checkpoints (also saved at each epoch end)
+    save_every: int = 1000
     keep_last: int = 2
     eval_every_epoch: bool = True
+    valid_batch_size: int = 4
+    device: str = "auto"
+    resume: bool = True
+
+
+def check_train_config(train, world_size: int = 1) -> int:
+    """Validate the recipe for `world_size` processes; return the per-process micro-batch size."""
+    positive = ("epochs", "batch_size", "grad_accum", "log_every", "save_every", "keep_last", "valid_batch_size")
+    for key in positive:
+        if getattr(train, key) < 1:
+            raise NolaError(f"train.{key}={getattr(train, key)} must be at least 1")
+    for key in ("lr", "warmup_steps", "weight_decay", "adam_eps", "max_grad_norm", "max_steps", "max_time_s"):
+        if getattr(train, key) < 0:
+            raise NolaError(f"train.{key}={getattr(train, key)} must not be negative")
+    for key in ("adam_beta1", "adam_beta2", "label_smoothing", "base_dropout"):
+        if not 0.0 <= getattr(train, key) < 1.0:
+            raise NolaError(f"train.{key}={getattr(train, key)} must be in [0, 1)")
+    if train.precision not in PRECISIONS:
+        raise NolaError(f"train.precision={train.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    per_step = world_size * train.grad_accum
+    if train.batch_size % per_step:
+        raise NolaError(
+            f"train.batch_size={train.batch_size} is not divisible by {world_size} processes x "
+            f"train.grad_accum={train.grad_accum}; the global batch must split into equal micro-batches"
+        )
+    return train.batch_size // per_step

@@ -1,0 +1,263 @@
+"""The training loop: optimizer steps over epochs, validation, checkpoints, and exact resumption.
+
+One optimizer step (DESIGN.md §5 recipes; microsoft/LoRA `gpt2_ft.py`): every process runs its
+`grad_accum` micro-batches forward and backward, each loss already divided by the completion-token
+count of the whole global batch; one all-reduce sums the gradients; they are optionally clipped;
+AdamW updates the adapter; the schedule advances. The loss is checked first: a NaN/inf loss (or
+gradient norm) stops the run with a NolaError and the last good checkpoint left untouched.
+
+Determinism: the data order is a function of (seed, epoch) (`nola.data.LengthBucketBatcher`) and
+the global RNG (dropout) is reseeded before every step from (seed, step, rank), so the random state
+at any step is a function of the step alone and a checkpoint needs only the step to restore it.
+A run resumed from its checkpoint therefore computes bit-for-bit what an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nola.build import BuiltModel
+from nola.errors import NolaError
+from nola.training import checkpoint as ckpt
+from nola.training.data import TrainingData
+from nola.training.distributed import DistContext, all_reduce_gradients, all_reduce_sum, barrier
+from nola.training.loss import masked_token_loss_sum
+from nola.training.monitor import Monitor
+from nola.training.optim import autocast
+
+
+@dataclass
+class TrainState:
+    """Where a run is: optimizer steps done (which fixes the epoch and batch position), the
+    completion tokens trained on, training seconds so far, and the validation history."""
+
+    step: int = 0
+    tokens: int = 0
+    train_s: float = 0.0
+    last_loss: float | None = None
+    valid: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainState:
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+
+
+@dataclass
+class TrainingJob:
+    """Everything the loop works on."""
+
+    cfg: object
+    ctx: DistContext
+    built: BuiltModel
+    data: TrainingData
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    checkpoint_dir: Path
+    config_record: dict
+    monitor: Monitor | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.train.epochs * self.data.steps_per_epoch
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return list(self.built.trainable.values())
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The global RNG seed of optimizer step `step` on process `rank`."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def fit(job: TrainingJob, state: TrainState) -> str:
+    """Train until the schedule ends or a budget stops it; return "finished", "max_steps" or "max_time"."""
+    train = job.cfg.train
+    steps_per_epoch = job.data.steps_per_epoch
+    started = time.perf_counter()
+    if train.max_steps and state.step >= train.max_steps:
+        return "max_steps"
+    job.built.model.train()
+    while state.step < job.total_steps:
+        epoch, first = divmod(state.step, steps_per_epoch)
+        rows = job.data.epoch_rows(epoch)
+        for index in range(first, steps_per_epoch):
+            step_started = time.perf_counter()
+            torch.manual_seed(step_seed(train.seed, state.step, job.ctx.rank))
+            over_time = bool(train.max_time_s) and step_started - started >= train.max_time_s
+            result = train_step(job, job.data.micro_batches(rows[index]), over_time, state.step)
+            state.step += 1
+            state.tokens += result.completion_tokens
+            state.last_loss = result.loss
+            state.train_s += time.perf_counter() - step_started
+            if job.monitor:
+                job.monitor.step(state.step, loss=result.loss, lr=result.lr, grad_norm=result.grad_norm,
+                                 input_tokens=result.input_tokens)
+            epoch_end = index == steps_per_epoch - 1
+            if epoch_end and train.eval_every_epoch:
+                loss = validation_loss(job)
+                state.valid.append({"epoch": epoch + 1, "step": state.step, "loss": loss})
+                if job.monitor:
+                    job.monitor.validation(state.step, loss)
+            reason = "max_steps" if train.max_steps and state.step >= train.max_steps else None
+            reason = reason or ("max_time" if result.stop_requested else None)
+            if reason or epoch_end or state.step % train.save_every == 0:
+                save(job, state)
+            if reason:
+                return reason
+    return "finished"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    grad_norm: float
+    lr: float
+    completion_tokens: int
+    input_tokens: int
+    stop_requested: bool
+
+
+def train_step(job: TrainingJob, micro_batches, stop_requested: bool, step: int) -> StepResult:
+    """One optimizer step over this process's micro-batches (see the module docstring)."""
+    device, model, train = job.ctx.device, job.built.model, job.cfg.train
+    counts = torch.tensor(
+        [sum(float(b.loss_mask.sum()) for b in micro_batches), sum(int(b.attention_mask.sum()) for b in micro_batches)],
+        dtype=torch.float64, device=device,
+    )
+    all_reduce_sum(job.ctx, counts)
+    denominator = max(float(counts[0]), 1.0)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    for batch in micro_batches:
+        batch = batch.to(device)
+        # Rows are right-padded: the causal mask alone keeps real tokens from seeing padding and
+        # their positions are 0..T-1, so no attention mask is passed (SDPA keeps its fused kernel).
+        with autocast(device, job.amp_dtype):
+            logits = model(batch.input_ids)
+        part = masked_token_loss_sum(logits, batch.targets, batch.loss_mask, train.label_smoothing) / denominator
+        (job.scaler.scale(part) if job.scaler else part).backward()
+        loss_sum += part.detach()
+    all_reduce_gradients(job.ctx, job.params)
+    flags = torch.stack([loss_sum.double(), torch.tensor(float(stop_requested), dtype=torch.float64, device=device)])
+    all_reduce_sum(job.ctx, flags)
+    loss = float(flags[0])
+    if job.scaler:
+        job.scaler.unscale_(job.optimizer)
+    grad_norm = float(_grad_norm(job.params, train.max_grad_norm))
+    if not math.isfinite(loss) or (job.scaler is None and not math.isfinite(grad_norm)):
+        raise NolaError(_non_finite_message(job, step + 1, loss, grad_norm))
+    lr = job.optimizer.param_groups[0]["lr"]
+    if job.scaler:
+        job.scaler.step(job.optimizer)
+        job.scaler.update()
+    else:
+        job.optimizer.step()
+    job.scheduler.step()
+    job.optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss, grad_norm, lr, int(counts[0]), int(counts[1]), bool(flags[1] > 0))
+
+
+def _grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return torch.nn.utils.get_total_norm(grads)
+
+
+def _non_finite_message(job: TrainingJob, step: int, loss: float, grad_norm: float) -> str:
+    latest = ckpt.latest_name(job.checkpoint_dir)
+    if latest:
+        kept = f"the last good checkpoint {job.checkpoint_dir / latest} is kept"
+    else:
+        kept = "no checkpoint was written yet"
+    return (
+        f"training stopped at step {step}: loss {loss}, gradient norm {grad_norm} (not finite); {kept}. "
+        f"Lower train.lr (now {job.cfg.train.lr}), enable train.max_grad_norm or use train.precision=fp32, then rerun"
+    )
+
+
+@torch.no_grad()
+def validation_loss(job: TrainingJob) -> float:
+    """Token-mean cross-entropy (no label smoothing, as LoRA's evaluate) over the whole valid split."""
+    model, device = job.built.model, job.ctx.device
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    for batch in job.data.valid:
+        batch = batch.to(device)
+        with autocast(device, job.amp_dtype):
+            logits = model(batch.input_ids)
+        sums[0] += masked_token_loss_sum(logits, batch.targets, batch.loss_mask, 0.0).double()
+        sums[1] += batch.loss_mask.sum().double()
+    all_reduce_sum(job.ctx, sums)
+    model.train()
+    return float(sums[0] / sums[1].clamp(min=1.0))
+
+
+def save(job: TrainingJob, state: TrainState) -> None:
+    """Write a checkpoint of `state` (main process) and wait for it on every process."""
+    if job.ctx.is_main:
+        trainer = {
+            "optimizer": job.optimizer.state_dict(),
+            "scheduler": job.scheduler.state_dict(),
+            "scaler": job.scaler.state_dict() if job.scaler else {},
+        }
+        record = {
+            **asdict(state),
+            "position": dict(zip(("epoch", "batch"), divmod(state.step, job.data.steps_per_epoch))),
+            "steps_per_epoch": job.data.steps_per_epoch,
+            "total_steps": job.total_steps,
+            "world_size": job.ctx.world_size,
+            "rng": {"scheme": "reseeded every step from (train.seed, step, rank)", "seed": job.cfg.train.seed},
+            "config": job.config_record,
+        }
+        ckpt.save_checkpoint(job.checkpoint_dir, state.step, dict(job.built.trainable), trainer, record,
+                             keep_last=job.cfg.train.keep_last)
+    barrier(job.ctx)
+
+
+def restore(job: TrainingJob, checkpoint: ckpt.Checkpoint) -> TrainState:
+    """Load a checkpoint into the job after checking it belongs to this configuration and data."""
+    where = checkpoint.path
+    _check_same_config(checkpoint.state.get("config", {}), job.config_record, where)
+    if checkpoint.state.get("steps_per_epoch") != job.data.steps_per_epoch:
+        raise NolaError(
+            f"{where} was written with {checkpoint.state.get('steps_per_epoch')} steps per epoch, the data now gives "
+            f"{job.data.steps_per_epoch}; the training data changed: use a new run name or delete {where.parent}"
+        )
+    expected, found = set(job.built.trainable), set(checkpoint.tensors)
+    if expected != found:
+        missing = sorted(expected - found) or sorted(found - expected)
+        raise NolaError(f"{where}: trainable tensors do not match the model (first differing: {missing[0]!r})")
+    with torch.no_grad():
+        for name, param in job.built.trainable.items():
+            saved = checkpoint.tensors[name]
+            if saved.shape != param.shape:
+                raise NolaError(
+                    f"{where}: tensor {name!r} has shape {tuple(saved.shape)}, the model {tuple(param.shape)}"
+                )
+            param.copy_(saved)
+    job.optimizer.load_state_dict(checkpoint.trainer["optimizer"])
+    job.scheduler.load_state_dict(checkpoint.trainer["scheduler"])
+    if job.scaler and checkpoint.trainer.get("scaler"):
+        job.scaler.load_state_dict(checkpoint.trainer["scaler"])
+    return TrainState.from_json(checkpoint.state)
+
+
+def _check_same_config(saved: dict, current: dict, where: Path, prefix: str = "") -> None:
+    for key in sorted(set(saved) | set(current)):
+        left, right = saved.get(key), current.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            _check_same_config(left, right, where, f"{prefix}{key}.")
+        elif left != right:
+            raise NolaError(
+                f"{where} was trained with {prefix}{key}={left!r}, this run has {right!r}; rerun with the same "
+                f"setting to resume, or choose another run name (name=...) to start a new run"
+            )
