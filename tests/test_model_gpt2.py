@@ -214,3 +214,12 @@ def test_limits_raise_nola_errors(model):
         model(random_ids(1, 5), cache=cache)
     with pytest.raises(NolaError, match="attention_mask covers 3 positions"):
         model(random_ids(1, 4), attention_mask=torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_output_mask_keeps_exactly_the_selected_positions(model):
+    ids = torch.randint(0, model.config.vocab_size, (3, 9), generator=torch.Generator().manual_seed(5))
+    select = torch.zeros(3, 9, dtype=torch.bool)
+    select[0, 4:] = True
+    select[2, [1, 7]] = True
+    full = model(ids)
+    close(model(ids, output_mask=select), full[select])

@@ -167,6 +167,8 @@ class GPT2(nn.Module):
 
     `forward(input_ids)` → logits (B, T, vocab). With `attention_mask` (B, S), S = cached + T,
     True marking real tokens, padded rows compute exactly what they compute alone.
+    `only_last` keeps the last position (B, 1, vocab); `output_mask` (B, T) bool keeps the selected
+    positions (N, vocab), so training pays the vocabulary projection only where the loss is taken.
     """
 
     def __init__(self, config: GPT2Config) -> None:
@@ -187,6 +189,7 @@ class GPT2(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         only_last: bool = False,
+        output_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -203,6 +206,8 @@ class GPT2(nn.Module):
             cache.length = past + T
         if only_last:
             x = x[:, -1:]
+        elif output_mask is not None:
+            x = x[output_mask]  # (N, C): only the positions a loss needs reach the vocabulary projection
         return self.lm_head(self.transformer.ln_f(x))
 
     @staticmethod

@@ -141,7 +141,7 @@ def train_step(job: TrainingJob, micro_batches, stop_requested: bool, step: int)
         # Rows are right-padded: the causal mask alone keeps real tokens from seeing padding and
         # their positions are 0..T-1, so no attention mask is passed (SDPA keeps its fused kernel).
         with autocast(device, job.amp_dtype):
-            logits = model(batch.input_ids)
+            logits = model(batch.input_ids, output_mask=batch.loss_mask > 0)
         part = masked_token_loss_sum(logits, batch.targets, batch.loss_mask, train.label_smoothing) / denominator
         (job.scaler.scale(part) if job.scaler else part).backward()
         loss_sum += part.detach()
@@ -193,7 +193,7 @@ def validation_loss(job: TrainingJob) -> float:
     for batch in job.data.valid:
         batch = batch.to(device)
         with autocast(device, job.amp_dtype):
-            logits = model(batch.input_ids)
+            logits = model(batch.input_ids, output_mask=batch.loss_mask > 0)
         sums[0] += masked_token_loss_sum(logits, batch.targets, batch.loss_mask, 0.0).double()
         sums[1] += batch.loss_mask.sum().double()
     all_reduce_sum(job.ctx, sums)

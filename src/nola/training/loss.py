@@ -21,10 +21,11 @@ def masked_token_loss_sum(
 ) -> torch.Tensor:
     """Σ over positions with loss_mask > 0 of loss_mask · smoothed CE; fp32 scalar.
 
-    logits (B, T, V); targets (B, T) long; loss_mask (B, T) float.
-    Only masked positions reach the vocabulary-wide softmax, which skips the context tokens' work.
+    logits (B, T, V), or (N, V) already restricted to the loss_mask > 0 positions in row-major
+    order (what `model(ids, output_mask=loss_mask > 0)` returns, skipping the context tokens'
+    vocabulary projection); targets (B, T) long; loss_mask (B, T) float.
     """
     selected = loss_mask > 0
-    picked = logits[selected].float()  # (N, V)
+    picked = (logits if logits.dim() == 2 else logits[selected]).float()  # (N, V)
     per_token = F.cross_entropy(picked, targets[selected], reduction="none", label_smoothing=label_smoothing)
     return (per_token * loss_mask[selected].float()).sum()
