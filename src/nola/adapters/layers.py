@@ -153,9 +153,18 @@ class AdaptedLinear(nn.Module):
             a, b = factors[0]
             return y + F.linear(F.linear(x, a) * self.scale, b)
         hidden = F.linear(x, torch.cat([a for a, _ in factors])) * self.scale  # (..., slots·r)
-        for (start, stop), (_, b), h in zip(self.rows.values(), factors, hidden.split(self.rank, dim=-1)):
-            y[..., start:stop] += F.linear(h, b)
-        return y
+        # The update is assembled with one cat (zeros for rows no slot adapts) and added once: adding
+        # into output slices in place would make backward copy the whole output gradient per slot.
+        pieces, filled = [], 0
+        ordered = sorted(zip(self.rows.values(), factors, hidden.split(self.rank, dim=-1)), key=lambda item: item[0])
+        for (start, stop), (_, b), h in ordered:
+            if start > filled:
+                pieces.append(h.new_zeros(*h.shape[:-1], start - filled))
+            pieces.append(F.linear(h, b))
+            filled = stop
+        if filled < self.out_features:
+            pieces.append(hidden.new_zeros(*hidden.shape[:-1], self.out_features - filled))
+        return y + torch.cat(pieces, dim=-1)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """ΔWₛ = (α/r)·Bₛ·Aₛ (d_out_s × d_in) in float32, for merging and export."""
