@@ -1,0 +1,144 @@
+"""Section 3: beam-search decoding speed, ours against transformers `generate()` (issue #6: ≥ 3×).
+
+Both decode the same E2E-like prompts (context lengths around E2E's median of 28 tokens with the
+bos, random token ids) with the same random GPT-2 (our weights loaded into `GPT2LMHeadModel`) on
+the CPU, all prompts in one batch, with the paper's settings (DESIGN.md §3): beam 10, length
+penalty 0.8, no_repeat_ngram 4, at most 64 new tokens, eos ids {50256, 628}.
+
+- `ours`: `nola.decode.beam_search` (LoRA's beam semantics, KV cache, prompt run once per input);
+- `transformers`: `model.generate(num_beams=10, length_penalty=0.8, no_repeat_ngram_size=4,
+  max_new_tokens=64)` on the left-padded batch with its attention mask (HF's beam semantics,
+  which differ: it keeps `beam` unfinished beams, bans n-grams of the prompt too, stops early).
+
+A random model almost never picks an eos id, so both generate 64 tokens per prompt and the work is
+the same; tokens/s counts each contender's own generated tokens (up to and including an eos).
+Timings are medians over rounds that alternate the contenders (`nola.bench.timing`).
+
+What this regime measures: each step of either contender is dominated by work any exact beam
+search must do for every live beam, the vocabulary projection (beam × batch rows × 50,257) and
+its log-softmax. Ours saves the per-beam prompt pass, the full-vocabulary score tensor and HF's
+per-step Python n-gram bookkeeping; its exact early exit (an input leaves the batch once it is
+settled) only pays off when hypotheses end, which a random model's never do.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from nola.bench.timing import ratio, summarize, time_alternating
+from nola.decode import beam_search
+from nola.errors import NolaError
+from nola.model import GPT2, GPT2Config, init_gpt2, to_hf_state_dict
+from nola.model.loading import hf_config_dict
+
+PAPER = dict(beam=10, length_penalty=0.8, no_repeat_ngram_size=4, repetition_penalty=1.0, max_new_tokens=64)
+EOS_IDS = (50256, 628)
+E2E_CONTEXT_LENGTHS = (24, 25, 26, 27, 28, 29, 30, 32)  # with the bos; around the E2E train median of 28
+
+
+def bench_decode(
+    *, quick: bool = False, model_name: str | None = None, prompts: int | None = None, repeats: int | None = None,
+    warmup: int = 1, max_new_tokens: int | None = None, seed: int = 0,
+) -> dict:
+    """Time both contenders; return their medians, tokens/s and `speedup` (ours / transformers)."""
+    try:
+        from transformers import GPT2Config as HFConfig
+        from transformers import GPT2LMHeadModel
+    except ModuleNotFoundError:
+        return {"skipped": "transformers is not installed (pip install -e '.[bench]')"}
+    model_name = model_name or ("tiny" if quick else "mini")
+    count = prompts or (4 if quick else 16)
+    repeats = repeats or (2 if quick else 5)
+    new_tokens = max_new_tokens or (8 if quick else PAPER["max_new_tokens"])
+    settings = {**PAPER, "max_new_tokens": new_tokens}
+
+    ours = init_gpt2(GPT2Config.named(model_name), seed).eval()
+    hf = GPT2LMHeadModel(HFConfig(**{**hf_config_dict(ours.config), "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                                     "attn_pdrop": 0.0})).eval()
+    missing = hf.load_state_dict(to_hf_state_dict(ours), strict=False)
+    if missing.unexpected_keys or set(missing.missing_keys) != {"lm_head.weight"}:
+        raise NolaError(f"transformers GPT-2 did not take our weights: {missing}")
+    hf.tie_weights()
+    token_ids = make_prompts(count, ours.config.vocab_size, seed)
+    input_ids, attention_mask = left_padded(token_ids)
+    max_logit_diff = check_same_model(ours, hf, input_ids, attention_mask)
+    generated: dict[str, int] = {}
+
+    def run_ours() -> None:
+        outputs = beam_search(ours, token_ids, eos_ids=EOS_IDS, batch_size=count, **settings)
+        generated["ours"] = sum(len(tokens) for tokens in outputs)
+
+    def run_hf() -> None:
+        with torch.inference_mode():
+            outputs = hf.generate(
+                input_ids=input_ids, attention_mask=attention_mask, do_sample=False, num_beams=settings["beam"],
+                length_penalty=settings["length_penalty"], no_repeat_ngram_size=settings["no_repeat_ngram_size"],
+                max_new_tokens=new_tokens, eos_token_id=list(EOS_IDS), pad_token_id=EOS_IDS[0],
+            )
+        generated["transformers"] = count_generated(outputs[:, input_ids.shape[1]:])
+
+    samples = time_alternating({"ours": run_ours, "transformers": run_hf}, repeats=repeats, warmup=warmup,
+                               desc="decode bench")
+    contenders = {}
+    for name, times in samples.items():
+        summary = summarize(times)
+        contenders[name] = {**summary, "generated_tokens": generated[name],
+                            "tokens_per_s": generated[name] / summary["median_s"]}
+    return {
+        "model": model_name,
+        "prompts": count,
+        "prompt_tokens": [len(p) for p in token_ids],
+        "settings": {**settings, "eos_ids": list(EOS_IDS)},
+        "threads": torch.get_num_threads(),
+        "max_abs_logit_difference": max_logit_diff,
+        "contenders": contenders,
+        "every_search_ran_to_max_new_tokens": all(generated[name] == count * new_tokens for name in generated),
+        "speedup": ratio(contenders["ours"]["tokens_per_s"], contenders["transformers"]["tokens_per_s"]),
+        "time_ratio_transformers_over_ours": ratio(contenders["transformers"]["median_s"],
+                                                   contenders["ours"]["median_s"]),
+    }
+
+
+def make_prompts(count: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """Random non-eos token ids with E2E-like lengths. No bos at the end: a random GPT-2 with tied
+    embeddings tends to repeat its last input token, so ending on 50256 would end every search at once."""
+    rng = random.Random(seed)
+    prompts = []
+    for i in range(count):
+        length = E2E_CONTEXT_LENGTHS[i % len(E2E_CONTEXT_LENGTHS)]
+        prompts.append([token for token in (rng.randrange(vocab_size) for _ in range(4 * length))
+                        if token not in EOS_IDS][:length])
+    return prompts
+
+
+def left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), EOS_IDS[0], dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def count_generated(new_tokens: torch.Tensor) -> int:
+    """Generated tokens per row up to and including the first eos id (what follows is padding)."""
+    total = 0
+    for row in new_tokens.tolist():
+        ends = [i for i, token in enumerate(row) if token in EOS_IDS]
+        total += ends[0] + 1 if ends else len(row)
+    return total
+
+
+def check_same_model(ours: GPT2, hf, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    """Both models' last-position logits on the padded batch must agree (else the race is unfair)."""
+    with torch.inference_mode():
+        mine = ours(input_ids, attention_mask=attention_mask.bool(), only_last=True)[:, -1]
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        theirs = hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits[:, -1]
+    difference = (mine - theirs).abs().max().item()
+    if difference > 1e-3:
+        raise NolaError(f"our GPT-2 and transformers' disagree by {difference:.3g} on the benchmark prompts")
+    return difference

@@ -1,0 +1,19 @@
+"""Decoding: LoRA-semantics beam search (`beam`), a split to hypothesis files (`hypotheses`), the
+Hydra entry point (`cli`, `python -m nola.decode`) and the `decode` config schema (`config`)."""
+
+from nola.decode.beam import BeamHypothesis, SearchSettings, beam_search, search
+from nola.decode.config import DecodeConfig
+from nola.decode.hypotheses import Hypothesis, decode_split, hypothesis_text, search_settings, write_hypotheses
+
+__all__ = [
+    "BeamHypothesis",
+    "DecodeConfig",
+    "Hypothesis",
+    "SearchSettings",
+    "beam_search",
+    "decode_split",
+    "hypothesis_text",
+    "search",
+    "search_settings",
+    "write_hypotheses",
+]

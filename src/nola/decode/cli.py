@@ -1,0 +1,94 @@
+"""`python -m nola.decode [hydra overrides]`: beam-search a split with a trained adapter.
+
+    python -m nola.decode experiment=e2e/nola_gpt2m                # runs/<name>/adapter, test split
+    python -m nola.decode task=dart decode=dart decode.adapter_dir=path/to/adapter decode.split=valid
+    torchrun --nproc_per_node=4 -m nola.decode experiment=e2e/nola_gpt2m
+
+The model is built as training builds it (`nola.build.build_model`), with the adapter loaded and
+merged; the contexts are the split's reference groups (`nola.data.load_reference_groups`), in the
+reference files' order. Writes `<split>_hypotheses.txt` and `<split>_hypotheses.jsonl` into
+`decode.out_dir` (default: the run directory) and prints a JSON summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from nola.config import CONF_DIR, register_schemas
+from nola.errors import NolaError, exit_on_user_error
+
+ADAPTER_SUBDIR = "adapter"  # where `python -m nola.train` saves the final adapter in its run directory
+
+
+def decode_from_config(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Decode `cfg.decode.split` of `cfg.task` and write the hypothesis files; return a summary."""
+    from nola.build import build_model
+    from nola.data import load_reference_groups
+    from nola.decode.hypotheses import decode_split, write_hypotheses
+    from nola.training.distributed import init_distributed, shutdown_distributed
+
+    split = str(cfg.decode.split)
+    if split not in ("valid", "test"):
+        raise NolaError(f"decode.split={split!r}: decode the valid or the test split")
+    adapter_dir = find_adapter(cfg, Path(run_dir))
+    out_dir = Path(cfg.decode.out_dir) if cfg.decode.out_dir is not None else Path(run_dir)
+    groups = load_reference_groups(cfg.task.data_dir, cfg.task.name, split)
+    context = init_distributed(str(cfg.train.device))
+    try:
+        built = build_model(cfg, for_training=False, device=context.device, adapter_dir=adapter_dir)
+        started = time.perf_counter()
+        hypotheses = decode_split(built.model, built.tokenizer, [g.context for g in groups], cfg.decode)
+        decode_s = time.perf_counter() - started
+        if not context.is_main:
+            return {}
+        text_path, records_path = write_hypotheses(hypotheses, out_dir, split)
+    finally:
+        shutdown_distributed(context)
+    generated = sum(len(h.tokens) for h in hypotheses)
+    return {
+        "hypotheses": str(text_path),
+        "records": str(records_path),
+        "contexts": len(hypotheses),
+        "ended_on_eos": sum(h.finished for h in hypotheses),
+        "generated_tokens": generated,
+        "decode_s": round(decode_s, 3),
+        "adapter_dir": str(adapter_dir) if adapter_dir is not None else None,
+        "processes": context.world_size,
+        "device": str(context.device),
+    }
+
+
+def find_adapter(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """decode.adapter_dir, else the run directory's trained adapter; None decodes the bare base."""
+    if cfg.decode.adapter_dir is not None:
+        return Path(cfg.decode.adapter_dir)
+    if cfg.adapter.kind == "none":
+        return None
+    saved = run_dir / ADAPTER_SUBDIR
+    if not saved.is_dir():
+        raise NolaError(
+            f"no trained adapter at {saved}; train first (python -m nola.train with the same overrides), "
+            "set decode.adapter_dir=DIR, or decode the bare base with adapter=none"
+        )
+    return saved
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    summary = decode_from_config(cfg, HydraConfig.get().runtime.output_dir)
+    if summary:
+        print(json.dumps(summary, indent=2))
+
+
+def run() -> None:
+    """Console entry point: register the config schemas, then hand over to Hydra."""
+    register_schemas()
+    main()
