@@ -205,7 +205,7 @@ def _search_batch(model, prompts: list[list[int]], settings: SearchSettings) -> 
     input_ids, prompt_mask = input_ids.to(device), prompt_mask.to(device)
     eos_ids = torch.tensor(settings.eos_ids, dtype=torch.long, device=device)
 
-    cache, spare = model.new_cache(B, width + M - 1), _SpareBuffers()
+    cache = model.new_cache(B, width + M - 1)
     logits = model(input_ids, attention_mask=prompt_mask, cache=cache, only_last=True)[:, -1]
     scores, tokens = _top_log_probs(logits, K)  # (B, K): step 0 expands the single beam
     best = _BestHypotheses(B, M, device, scores.dtype)
@@ -223,7 +223,7 @@ def _search_batch(model, prompts: list[list[int]], settings: SearchSettings) -> 
             beams = keep.repeat_interleave(K)
             active, scores, history, rows = active[keep], scores[keep], history[beams], rows[beams]
         A = active.shape[0]
-        spare.reorder(cache, rows)
+        cache.reorder(rows)
         generated = torch.ones(A * K, length, dtype=torch.bool, device=device)
         mask = torch.cat([prompt_mask[active].repeat_interleave(K, dim=0), generated], dim=1)
         logits = model(history[:, -1:], attention_mask=mask, cache=cache, only_last=True)[:, -1]
@@ -235,26 +235,6 @@ def _search_batch(model, prompts: list[list[int]], settings: SearchSettings) -> 
 
     best.offer(active, scores, history, torch.ones_like(scores, dtype=torch.bool), M, power, on_eos=False)
     return best.results()
-
-
-class _SpareBuffers:
-    """`KVCache.reorder` without a fresh allocation per step: gather the rows into a second buffer of
-    the same shape and swap the two. (Faulting in a new 10–100 MB tensor at every step costs several
-    times the copy itself on CPU.)"""
-
-    def __init__(self) -> None:
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
-
-    def reorder(self, cache, rows: torch.Tensor) -> None:
-        for name in ("keys", "values"):
-            current, target = getattr(cache, name), getattr(self, name)
-            shape = (current.shape[0], rows.shape[0], *current.shape[2:])
-            if target is None or target.shape != shape:
-                target = current.new_empty(shape)
-            torch.index_select(current, 1, rows, out=target)
-            setattr(cache, name, target)
-            setattr(self, name, current)
 
 
 def _finish_on_eos(best: _BestHypotheses, active, scores, history, eos_ids, power: float):

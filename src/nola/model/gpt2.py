@@ -91,6 +91,7 @@ class KVCache:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0
+        self._spare: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's k, v (B, H, T, hd) after the cached ones; return all of them."""
@@ -102,9 +103,22 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Select/reorder batch rows (beam search keeps the parents of the surviving beams)."""
-        self.keys = self.keys.index_select(1, index)
-        self.values = self.values.index_select(1, index)
+        """Select/reorder batch rows (beam search keeps the parents of the surviving beams).
+
+        The filled positions are gathered into a second buffer that is then swapped in, so a search
+        does not fault in a fresh cache-sized tensor at every step (on CPU that costs several times
+        the copy). The spare is reused while the number of rows stays the same.
+        """
+        rows = index.shape[0]
+        spare = self._spare
+        if spare is None or spare[0].shape[1] != rows:
+            shape = (self.keys.shape[0], rows, *self.keys.shape[2:])
+            spare = (self.keys.new_zeros(shape), self.values.new_zeros(shape))
+        filled = slice(0, self.length)
+        torch.index_select(self.keys[:, :, :, filled], 1, index, out=spare[0][:, :, :, filled])
+        torch.index_select(self.values[:, :, :, filled], 1, index, out=spare[1][:, :, :, filled])
+        self._spare = (self.keys, self.values) if self.keys.shape[1] == rows else None
+        self.keys, self.values = spare
 
 
 class CausalSelfAttention(nn.Module):
