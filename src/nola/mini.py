@@ -1,0 +1,312 @@
+"""The offline mini reproduction (issue 8): `python -m nola.mini [options] [hydra overrides]`.
+
+`make mini` (scripts/mini.sh) prepares the data, then runs this. Every stage goes through the same
+code as the full-scale runs (`nola.train.train`, `nola.run.run`); only the configs differ
+(conf/experiment/mini/*.yaml):
+
+1. pretrain the mini GPT-2 (4 layers, 256 wide, GPT-2 tokenizer) from random init on a subset of
+   DART + WebNLG training data, never E2E (`experiment=mini/pretrain`, wall time capped by
+   train.max_time_s) and export it as a Hugging Face directory `<paths.cache_dir>/mini-base`, which
+   later runs reuse (delete it to pretrain again);
+2. adapt it to a fixed subset of E2E train with full fine-tuning, LoRA r=4, LoRA r=1 and NOLA with
+   1,024 and 512 parameters (a quarter and an eighth of LoRA r=1's), each with the same wall budget;
+3. decode the first `--test-contexts` E2E test reference groups with the paper's beam settings for
+   every adapted model and for the un-adapted base (`experiment=mini/base`);
+4. score them (`nola.metrics`) and write `<out>/mini.md` (the table with date, machine and load)
+   and `<out>/mini_params_vs_bleu.png` (`nola.tables`).
+Data subsets are written under `<paths.cache_dir>/mini-data/` by `write_subsets`; runs go to
+`<paths.runs_dir>/mini/base-<fingerprint>/<method>`, so a new base never reuses an old adapter.
+Rerunning resumes: every finished stage is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from nola.build import build_model
+from nola.config import compose_config
+from nola.data import Example, ReferenceGroup, load_examples, load_reference_groups
+from nola.data.files import read_json, sha256_file, write_json_atomic, write_text_atomic
+from nola.data.records import split_path, write_examples
+from nola.data.references import group_references, write_reference_files
+from nola.errors import NolaError, exit_on_user_error
+from nola.export import export_hf_model
+from nola.model import base_fingerprint, load_gpt2
+from nola.run import machine_description, run, train_stage
+from nola.tables import build_tables, plot_params_vs_bleu
+from nola.tables.render import LAYOUTS, our_row
+from nola.tables.schema import metric_name
+
+METHODS = ("ft", "lora", "lora_r1", "nola_k64", "nola_k32")
+BASE_RUN = "base"
+BASE_DIR = "mini-base"
+PRETRAIN_RECORD = "pretraining.json"
+SUBSET_RECORD = "subset.json"
+LOWER_IS_BETTER = {"TER"}
+
+
+@dataclass(frozen=True)
+class MiniSettings:
+    """Sizes of the data subsets (the training budgets are train.max_time_s in the configs).
+
+    pretrain_examples: DART + WebNLG training pairs drawn at random (seeded) among those with at
+        most `pretrain_max_chars` characters of context + completion (short pairs cost less per step).
+    adapt_examples: E2E training pairs drawn at random (seeded).
+    valid_examples: validation pairs per task (validation loss at each epoch end).
+    test_contexts: the first E2E test reference groups decoded and scored (all their references).
+    """
+
+    pretrain_examples: int = 11200
+    pretrain_max_chars: int = 200
+    adapt_examples: int = 2400
+    valid_examples: int = 48
+    test_contexts: int = 100
+    seed: int = 0
+
+
+@dataclass
+class MiniReport:
+    """What the table header reports: timings per stage, machine, load, pretraining summary."""
+
+    started: float
+    stages_s: dict[str, float] = field(default_factory=dict)
+    load_before: tuple[float, ...] = ()
+    loads: list[float] = field(default_factory=list)  # 1-minute load average at the end of every stage
+
+    def stage_done(self, name: str, seconds: float) -> None:
+        self.stages_s[name] = seconds
+        self.loads.append(os.getloadavg()[0])
+    pretraining: dict[str, Any] = field(default_factory=dict)
+
+
+def stage_config(stage: str, overrides: list[str], *extra: str) -> DictConfig:
+    """The composed config of one mini stage: conf/experiment/mini/<stage>.yaml + the user's overrides."""
+    return compose_config([f"experiment=mini/{stage}", *overrides, *extra])
+
+
+def _pairs(examples: list[Example]) -> list[Example]:
+    return [Example(example.context, example.completion) for example in examples]
+
+
+def _write_subset(target: Path, task: str, recipe: dict[str, Any], splits: dict[str, list[Example]],
+                  groups: dict[str, list[ReferenceGroup]]) -> None:
+    """Write a prepared task directory (splits + reference files) unless its recipe is unchanged."""
+    record = target / task / SUBSET_RECORD
+    if record.is_file() and read_json(record) == recipe:
+        return
+    record.unlink(missing_ok=True)
+    for split, examples in splits.items():
+        write_examples(split_path(target, task, split), examples)
+    for split, chosen in groups.items():
+        write_reference_files(target, task, split, chosen)
+    write_json_atomic(record, recipe)
+
+
+def write_subsets(data_dir: Path, pretrain_dir: Path, e2e_dir: Path, settings: MiniSettings) -> str:
+    """The pretraining corpus (DART + WebNLG, stored as task "dart") and the E2E subset, from `data_dir`.
+
+    Returns a short digest of the recipe (settings + source files), which names the run directories.
+    """
+    sources = {f"{task}/{split}": sha256_file(split_path(data_dir, task, split))
+               for task in ("dart", "webnlg", "e2e") for split in ("train", "valid", "test")}
+    recipe = {"settings": asdict(settings), "sources": sources}
+    rng = random.Random(settings.seed)
+    corpus = [e for task in ("dart", "webnlg") for e in _pairs(load_examples(data_dir, task, "train"))
+              if len(e.context) + len(e.completion) <= settings.pretrain_max_chars]
+    if len(corpus) < settings.pretrain_examples:
+        raise NolaError(f"only {len(corpus)} DART/WebNLG pairs are short enough; lower --pretrain-examples")
+    pretrain = rng.sample(corpus, settings.pretrain_examples)
+    half = settings.valid_examples // 2
+    valid = [e for task in ("dart", "webnlg") for e in _pairs(load_examples(data_dir, task, "valid"))[:half]]
+    _write_subset(pretrain_dir, "dart", recipe, {"train": pretrain, "valid": valid, "test": valid}, {})
+    e2e_train = load_examples(data_dir, "e2e", "train")
+    adapt = rng.sample(e2e_train, min(settings.adapt_examples, len(e2e_train)))
+    e2e_valid = load_examples(data_dir, "e2e", "valid")[: settings.valid_examples]
+    test_groups = load_reference_groups(data_dir, "e2e", "test")[: settings.test_contexts]
+    test = [Example(group.context, reference) for group in test_groups for reference in group.references]
+    _write_subset(e2e_dir, "e2e", recipe, {"train": adapt, "valid": e2e_valid, "test": test},
+                  {"valid": group_references(e2e_valid), "test": test_groups})
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def pretrain_base(overrides: list[str], data_key: str) -> tuple[Path, dict[str, Any]]:
+    """Stage 1: pretrain (resuming if interrupted) and export the base; reuse an exported base."""
+    cfg = stage_config("pretrain", overrides, "model.source=random")
+    base_dir = Path(cfg.paths.cache_dir) / BASE_DIR
+    if (base_dir / PRETRAIN_RECORD).is_file():
+        return base_dir, read_json(base_dir / PRETRAIN_RECORD)
+    run_dir = Path(cfg.paths.runs_dir) / "mini" / f"pretrain-data-{data_key}"
+    adapter_dir, record = train_stage(cfg, run_dir)
+    built = build_model(cfg, for_training=False, adapter_dir=adapter_dir)
+    summary = {key: record.get(key) for key in ("steps", "total_steps", "stop_reason", "train_loss", "valid_loss",
+                                                "train_s", "completion_tokens")}
+    summary.update(model=cfg.model.name, examples=_count_lines(split_path(cfg.task.data_dir, "dart", "train")),
+                   run_dir=str(run_dir))
+    base_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{BASE_DIR}-", dir=base_dir.parent))
+    try:
+        export_hf_model(built.model, staging)
+        write_json_atomic(staging / PRETRAIN_RECORD, summary)
+        shutil.rmtree(base_dir, ignore_errors=True)
+        os.replace(staging, base_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return base_dir, summary
+
+
+def _count_lines(path: Path) -> int:
+    return path.read_text(encoding="utf-8").count("\n")
+
+
+def adapt_and_score(overrides: list[str], base_dir: Path, data_key: str, methods: tuple[str, ...],
+                    report: MiniReport) -> list[dict[str, Any]]:
+    """Stages 2–4 for the base and every method: `nola.run.run` in its own run directory, named by
+    the base's fingerprint and the data recipe so that neither is ever mixed with another."""
+    fingerprint = base_fingerprint(load_gpt2(base_dir))[:12]
+    results = []
+    for name in (BASE_RUN, *methods):
+        started = time.perf_counter()
+        cfg = stage_config(name, overrides, f"model.source={base_dir}")
+        run_dir = Path(cfg.paths.runs_dir) / "mini" / f"base-{fingerprint}-data-{data_key}" / name
+        results.append(run(cfg, run_dir, experiment=f"mini/{name}", tag=f"mini/{name}"))
+        report.stage_done(name, time.perf_counter() - started)
+    return results
+
+
+def comparison(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: for every adapted model, the metrics on which it beats the un-adapted base.
+
+    A metric counts as won only if the numbers differ as printed in the table (papers' scale and
+    decimals), so BLEU 1e-13 against 0 is a tie, not a win.
+    """
+    base = next(r for r in results if r["adapter"]["kind"] == "none")
+    columns = LAYOUTS[base["task"]][1]
+    printed = lambda result: {c.key: round(our_row(result).metrics[c.key], c.decimals) for c in columns}  # noqa: E731
+    floor = printed(base)
+    lines = []
+    for result in results:
+        if result is base:
+            continue
+        mine = printed(result)
+        better = [key for key in floor if (mine[key] < floor[key] if metric_name(key) in LOWER_IS_BETTER
+                                           else mine[key] > floor[key])]
+        verdict = "all" if len(better) == len(floor) else f"{len(better)} of"
+        lines.append(f"- {result['tag']}: beats the un-adapted base on {verdict} {len(floor)} metrics as printed"
+                     + ("" if len(better) == len(floor) else f" ({', '.join(better) or 'none'})"))
+    return lines
+
+
+def render_report(results: list[dict[str, Any]], report: MiniReport, settings: MiniSettings) -> str:
+    """eval/results/mini.md: header (date, machine, load, budgets), the E2E table, timings, comparison."""
+    table = build_tables(results, None)["md"]
+    table = table[table.index("## "):]  # drop the paper-tables title; keep the E2E section
+    load_after = os.getloadavg()
+    total = time.time() - report.started
+    pre = report.pretraining
+    lines = [
+        "# Mini reproduction (`make mini`)", "",
+        "Generated by `python -m nola.mini`; do not edit. What it shows and what it can't: README.md, "
+        "section *Mini reproduction*.", "",
+        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine_description()}",
+        f"- load average (1/5/15 min) at start {_load(report.load_before)}, at end {_load(load_after)}; "
+        f"1-min load at the end of each stage {min(report.loads):.1f}–{max(report.loads):.1f} "
+        f"(a load above {os.cpu_count()} means other processes shared the {os.cpu_count()} cores)",
+        f"- stage wall times: {', '.join(f'{name} {seconds / 60:.1f} min' for name, seconds in report.stages_s.items())}",
+        f"- total wall time: {total / 60:.1f} min (data preparation included when started by scripts/mini.sh)",
+        f"- base: GPT-2 `{pre.get('model')}` pretrained from random init on {pre.get('examples')} DART+WebNLG "
+        f"pairs: {pre.get('steps')} of {pre.get('total_steps')} steps ({pre.get('stop_reason')}), "
+        f"{_num(pre.get('train_s'), 0)} s, final train loss {_num(pre.get('train_loss'), 3)}, "
+        f"valid loss {_num(pre.get('valid_loss'), 3)}",
+        f"- E2E: {settings.adapt_examples} training pairs drawn at random; the first {results[0]['contexts']} test "
+        f"contexts with all their references; decoding {_settings(results[0]['scored']['decode'])}", "",
+        table,
+        "## Budget and timings", "",
+        "| run | steps (of schedule) | stop | train s | decode s | score s | adapter bytes |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        training, timings = result.get("training", {}), result["timings"]
+        lines.append(f"| {result['tag']} | {training.get('steps', '–')} ({training.get('total_steps', '–')}) | "
+                     f"{training.get('stop_reason', '–')} | {timings['train_s']:.0f} | {timings['decode_s']:.0f} | "
+                     f"{timings['score_s']:.0f} | {result['adapter_file_bytes']:,} |")
+    lines += ["", "## Against the un-adapted base", "", *comparison(results), ""]
+    return "\n".join(lines)
+
+
+def _settings(decode: dict[str, Any]) -> str:
+    return (f"beam {decode['beam']}, length penalty {decode['length_penalty']}, no-repeat "
+            f"{decode['no_repeat_ngram_size']}-grams, repetition penalty {decode['repetition_penalty']}, "
+            f"at most {decode['max_new_tokens']} tokens")
+
+
+def _load(values: tuple[float, ...]) -> str:
+    return "/".join(f"{value:.1f}" for value in values) if values else "–"
+
+
+def _num(value: Any, decimals: int) -> str:
+    return f"{value:.{decimals}f}" if isinstance(value, (int, float)) else "–"
+
+
+def run_mini(settings: MiniSettings, overrides: list[str], out_dir: Path, started: float | None = None,
+             methods: tuple[str, ...] = METHODS) -> list[dict]:
+    """All four stages; returns the results.json of the base and of every method in `methods`."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise NolaError(f"unknown mini method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    report = MiniReport(started=started or time.time(), load_before=os.getloadavg())
+    probe = stage_config("pretrain", overrides)
+    clock = time.perf_counter()
+    data_key = write_subsets(Path(probe.paths.data_dir), Path(probe.task.data_dir),
+                             Path(stage_config(BASE_RUN, overrides).task.data_dir), settings)
+    report.stage_done("subsets", time.perf_counter() - clock)
+    clock = time.perf_counter()
+    base_dir, report.pretraining = pretrain_base(overrides, data_key)
+    report.stage_done("pretrain", time.perf_counter() - clock)
+    results = adapt_and_score(overrides, base_dir, data_key, tuple(methods), report)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "mini.md", render_report(results, report, settings))
+    plot_params_vs_bleu(results, None, out_dir / "mini_params_vs_bleu.png")
+    return results
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    defaults = MiniSettings()
+    parser = argparse.ArgumentParser(prog="python -m nola.mini", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="eval/results", help="where mini.md and the figure go")
+    parser.add_argument("--started-at", type=float, default=None, help="epoch seconds the whole job started")
+    for name in ("pretrain_examples", "pretrain_max_chars", "adapt_examples", "valid_examples", "test_contexts", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated adapted models to run besides the un-adapted base (default: all of {','.join(METHODS)})")
+    parser.add_argument("overrides", nargs="*", help="hydra overrides applied to every stage (e.g. model=tiny)")
+    args = parser.parse_args(argv)
+    return args, list(args.overrides)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args, overrides = parse_args(argv)
+    settings = MiniSettings(**{name: getattr(args, name) for name in MiniSettings.__dataclass_fields__})
+    results = run_mini(settings, overrides, Path(args.out), args.started_at, tuple(args.methods.split(",")))
+    summary = {result["tag"]: result["metrics"] for result in results}
+    json.dump(summary, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

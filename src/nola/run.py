@@ -1,0 +1,242 @@
+"""One experiment end to end: train → decode → score → results.json. `python -m nola.run [hydra overrides]`.
+
+`python -m nola.run experiment=e2e/nola_gpt2m` is a paper-table cell (DESIGN.md §2 data path):
+1. train (`nola.train.train`, which resumes from the run's last checkpoint) into the run directory;
+   skipped for `adapter=none` and once train_metrics.json records a finished (or budget-stopped) run;
+2. decode every reference group of `decode.split` with the final adapter merged into the base
+   (`nola.build.build_model(for_training=False)`, `nola.decode.hypotheses.decode_split` with the
+   beam settings of `decode`), writing `<split>_hypotheses.txt` (the scorers' format) and `.jsonl`;
+   skipped when `decode.json` says the file was made from this very adapter, base, context list
+   and settings;
+3. score with the official-equivalent scorers (`nola.metrics`: E2E five metrics; WebNLG BLEU,
+   METEOR, TER for all/seen/unseen categories; DART BLEU, METEOR, TER) and write results.json
+   (schema in .plan/CONTRACTS.md, metric scales in eval/README.md); skipped when results.json
+   already scores the current hypotheses against the current references.
+Rerunning the same command therefore resumes wherever it stopped. The metrics are printed as JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nola.adapters import as_adapter_config, read_adapter_config
+from nola.adapters.checkpoint import WEIGHTS_FILE
+from nola.build import build_model
+from nola.config import CONF_DIR, register_schemas
+from nola.data import ReferenceGroup, load_reference_groups
+from nola.data.files import read_json, sha256_file, write_json_atomic
+from nola.decode.hypotheses import decode_split, write_hypotheses
+from nola.errors import NolaError, exit_on_user_error
+from nola.metrics import score_e2e, score_gem, score_webnlg
+from nola.params import count_adapter
+from nola.tables import validate_result
+from nola.train import METRICS_FILE, train
+
+RESULTS_FILE = "results.json"
+DECODE_RECORD = "decode.json"
+RESULTS_SCHEMA = 1
+GEM_BLEU_SCALE = 100.0  # GenerationEval prints multi-bleu-detok's BLEU x 100 (eval/README.md, "Scales")
+
+
+def run(cfg: DictConfig, run_dir: str | Path | None = None, *, experiment: str | None = None,
+        tag: str | None = None) -> dict[str, Any]:
+    """Train, decode and score per `cfg` in `run_dir` (default paths.runs_dir/name); return results.json."""
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.paths.runs_dir) / str(cfg.name)
+    if cfg.decode.split not in ("valid", "test"):
+        raise NolaError(f"decode.split={cfg.decode.split!r}: the run pipeline scores valid or test")
+    groups = load_reference_groups(cfg.task.data_dir, cfg.task.name, cfg.decode.split)
+    adapter_dir, training = train_stage(cfg, run_dir)
+    hypotheses, decoding = decode_stage(cfg, run_dir, adapter_dir, groups)
+    return score_stage(cfg, run_dir, groups, hypotheses, adapter_dir, training, decoding, experiment=experiment, tag=tag)
+
+
+def train_stage(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The adapter to decode with (None: the bare base) and the training record (train_metrics.json)."""
+    if cfg.decode.adapter_dir is not None:
+        return Path(cfg.decode.adapter_dir), {}
+    if cfg.adapter.kind == "none":
+        return None, {}
+    metrics_path, adapter_dir = run_dir / METRICS_FILE, run_dir / "adapter"
+    if metrics_path.is_file() and (adapter_dir / WEIGHTS_FILE).is_file():
+        record = read_json(metrics_path)
+        if training_done(record, cfg.train):
+            return adapter_dir, record
+    return adapter_dir, train(cfg, run_dir)
+
+
+def training_done(record: dict[str, Any], train_cfg) -> bool:
+    """Whether a finished train_metrics.json satisfies this run's budget (else training resumes).
+
+    A run the schedule finished is done; one stopped by max_steps is done while max_steps is not
+    raised; one stopped by its wall-time budget is done while a time budget is still set.
+    """
+    if record.get("completed"):
+        return True
+    reason = record.get("stop_reason")
+    if reason == "max_steps":
+        return bool(train_cfg.max_steps) and record.get("steps", 0) >= train_cfg.max_steps
+    return reason == "max_time" and train_cfg.max_time_s > 0
+
+
+def decode_device(train_cfg) -> torch.device:
+    """train.device, with auto = the first CUDA device when there is one, else the CPU."""
+    if train_cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(train_cfg.device)
+
+
+def decode_settings(decode_cfg) -> dict[str, Any]:
+    """The beam-search hyper-parameters of `decode` (DESIGN.md §3), as recorded in decode.json."""
+    keys = ("beam", "length_penalty", "no_repeat_ngram_size", "repetition_penalty", "max_new_tokens")
+    return {**{key: decode_cfg[key] for key in keys}, "eos_ids": [int(i) for i in decode_cfg.eos_ids]}
+
+
+def decode_stage(cfg: DictConfig, run_dir: Path, adapter_dir: Path | None,
+                 groups: list[ReferenceGroup]) -> tuple[list[str], dict[str, Any]]:
+    """Decode each group's context with the merged model; reuse the file when decode.json matches."""
+    out_dir = Path(cfg.decode.out_dir) if cfg.decode.out_dir is not None else run_dir
+    path = out_dir / f"{cfg.decode.split}_hypotheses.txt"
+    device = decode_device(cfg.train)
+    built = build_model(cfg, for_training=False, device=device, adapter_dir=adapter_dir)
+    key = {
+        "base_fingerprint": built.base_fingerprint,
+        "adapter_sha256": sha256_file(adapter_dir / WEIGHTS_FILE) if adapter_dir is not None else None,
+        "contexts_sha256": _digest([group.context for group in groups]),
+        "settings": decode_settings(cfg.decode),
+    }
+    record_path = out_dir / DECODE_RECORD
+    if path.is_file() and record_path.is_file():
+        record = read_json(record_path)
+        hypotheses = path.read_text(encoding="utf-8").split("\n")[:-1]
+        if record.get("key") == key and len(hypotheses) == len(groups) and record.get("sha256") == sha256_file(path):
+            return hypotheses, record
+    started = time.perf_counter()
+    found = decode_split(built.model, built.tokenizer, [group.context for group in groups], cfg.decode)
+    decode_s = time.perf_counter() - started
+    path, _ = write_hypotheses(found, out_dir, cfg.decode.split)
+    hypotheses = [hypothesis.text for hypothesis in found]
+    record = {"key": key, "hypotheses": str(path), "sha256": sha256_file(path), "contexts": len(groups),
+              "decode_s": round(decode_s, 3), "device": str(device)}
+    write_json_atomic(record_path, record)
+    return hypotheses, record
+
+
+def score_stage(cfg: DictConfig, run_dir: Path, groups: list[ReferenceGroup], hypotheses: list[str],
+                adapter_dir: Path | None, training: dict[str, Any], decoding: dict[str, Any], *,
+                experiment: str | None, tag: str | None) -> dict[str, Any]:
+    """Score the hypotheses and write results.json, unless it already scores exactly these."""
+    path = run_dir / RESULTS_FILE
+    scored = {"hypotheses_sha256": decoding["sha256"], "references_sha256": _digest([g.references for g in groups]),
+              "decode": decoding["key"]["settings"]}
+    if path.is_file():
+        existing = read_json(path)
+        if existing.get("scored") == scored:
+            return validate_result(existing, str(path))
+    started = time.perf_counter()
+    metrics = score(cfg.task.name, groups, hypotheses)
+    score_s = time.perf_counter() - started
+    adapter = OmegaConf.to_container(cfg.adapter, resolve=True)
+    results = {
+        "schema": RESULTS_SCHEMA,
+        "experiment": experiment,
+        "task": cfg.task.name,
+        "split": cfg.decode.split,
+        "model": cfg.model.name,
+        "adapter": adapter,
+        "trainable_params": int(read_adapter_config(adapter_dir)["trainable_params"]) if adapter_dir is not None else 0,
+        "adapter_file_bytes": (adapter_dir / WEIGHTS_FILE).stat().st_size if adapter_dir is not None else 0,
+        "metrics": metrics,
+        "timings": {"train_s": round(float(training.get("train_s", 0.0)), 3), "decode_s": decoding["decode_s"],
+                    "score_s": round(score_s, 3)},
+        "device": decoding["device"],
+        "machine": machine_description(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "run_dir": str(run_dir),
+        "tag": tag,
+        "contexts": len(groups),
+        "hypotheses": decoding["hypotheses"],
+        "training": {key: training[key] for key in ("steps", "total_steps", "stop_reason", "train_loss", "valid_loss")
+                     if key in training},
+        "scored": scored,
+    }
+    if adapter_dir is not None and adapter.get("quant_bits"):
+        results["quantization"] = quantization_record(cfg, adapter_dir)
+    validate_result(results, str(path))
+    write_json_atomic(path, results)
+    return results
+
+
+def score(task: str, groups: list[ReferenceGroup], hypotheses: list[str]) -> dict[str, Any]:
+    """The metrics object of results.json: E2E five metrics; WebNLG all/seen/unseen; DART three.
+
+    Scales as eval/README.md fixes them (each metric as the official tool prints it): E2E as
+    e2e-metrics prints (fractions); WebNLG/DART BLEU 0–100 as GenerationEval prints it, METEOR and
+    TER fractions. `nola.metrics` returns BLEU as a fraction, hence GEM_BLEU_SCALE.
+    """
+    references = [group.references for group in groups]
+    if task == "e2e":
+        return score_e2e(references, hypotheses)
+    if task == "dart":
+        return _gem_scale(score_gem(references, hypotheses))
+    seen = [bool(group.seen) for group in groups]
+    return {subset: _gem_scale(metrics) for subset, metrics in score_webnlg(references, hypotheses, seen).items()}
+
+
+def _gem_scale(metrics: dict[str, float]) -> dict[str, float]:
+    return {**metrics, "BLEU": metrics["BLEU"] * GEM_BLEU_SCALE}
+
+
+def quantization_record(cfg: DictConfig, adapter_dir: Path) -> dict[str, Any]:
+    """NOLA with quantized coefficients (NOLA §4): bits, stored size, and the float size it replaces.
+
+    The metrics are those of the stored (quantized) adapter: loading restores its dequantized values.
+    """
+    saved = read_adapter_config(adapter_dir)
+    unquantized = replace(as_adapter_config(cfg.adapter), quant_bits=None)
+    return {"bits": saved.get("coefficient_bits"), "file_bytes": (adapter_dir / WEIGHTS_FILE).stat().st_size,
+            "float_file_bytes": count_adapter(cfg.model.name, unquantized)["adapter_file_bytes"]}
+
+
+def machine_description() -> str:
+    """e.g. `cpu: Intel Xeon ... (2 cores), torch 2.x` or the CUDA device name."""
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"cpu: {name} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), torch {torch.__version__}"
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    runtime = HydraConfig.get().runtime
+    results = run(cfg, runtime.output_dir, experiment=runtime.choices.get("experiment"))
+    print(json.dumps(results["metrics"], indent=2))
+
+
+if __name__ == "__main__":
+    register_schemas()
+    main()

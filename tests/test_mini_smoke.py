@@ -1,0 +1,134 @@
+"""`make mini` in miniature: the same stages (prepare from a mirror, pretrain, export, adapt, decode,
+score, table, figure) on the tiny model, the fixture mirror, two optimizer steps per run and a short
+beam search. Asserts what the pipeline must leave behind, not what a 2-step model scores."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from nola.data.files import digest_file
+from nola.data.prepare import prepare
+from nola.data.sources import default_sources_path
+from nola.mini import METHODS, main
+from nola.model import base_fingerprint, load_gpt2
+from nola.tables import read_result
+from train_support import single_thread
+
+MIRROR = Path(__file__).resolve().parent / "fixtures" / "data" / "mirror"
+SMOKE_METHODS = ("lora", "nola_k32")  # each run costs a METEOR + PTB-tokenizer JVM; CI keeps two methods
+# Hand-computed trainable parameters of the tiny model (2 layers, d = 64) adapted on q and v:
+# LoRA r=4: 2 layers x 2 matrices x 4 x (64 + 64); NOLA 32 + 32 coefficients per matrix.
+EXPECTED_PARAMS = {"none": 0, "lora": 2 * 2 * 4 * (64 + 64), "nola": 2 * 2 * (32 + 32)}
+E2E_RANGES = {"BLEU": (0, 1), "METEOR": (0, 1), "ROUGE_L": (0, 1), "NIST": (0, 20), "CIDEr": (0, 10)}
+
+
+def accepting_sources(mirror: Path, destination: Path) -> Path:
+    """The repository's sources.json, accepting the fixture mirror's own files (tiny stand-ins)."""
+    document = json.loads(default_sources_path().read_text(encoding="utf-8"))
+    for entry in document["files"]:
+        digest = digest_file(mirror / entry["path"])
+        entry["accept"] = [{"origin": "fixture", "bytes": digest.size, "sha256": digest.sha256, "git_blob": None}]
+    destination.write_text(json.dumps(document), encoding="utf-8")
+    return destination
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, vocab_dir, single_thread):
+    """Run the whole mini pipeline once; return its working directory and the results it printed."""
+    root = tmp_path_factory.mktemp("mini")
+    data = root / "data"
+    prepare(["e2e", "webnlg", "dart"], data, mirror=MIRROR, sources=accepting_sources(MIRROR, root / "sources.json"),
+            progress=False)
+    argv = ["--out", str(root / "out"), "--pretrain-examples", "4", "--adapt-examples", "4", "--valid-examples", "2",
+            "--test-contexts", "5", "--methods", ",".join(SMOKE_METHODS),
+            "~decode", "model=tiny", f"paths.data_dir={data}", f"paths.vocab_dir={vocab_dir}",
+            f"paths.runs_dir={root / 'runs'}", f"paths.cache_dir={root / 'cache'}", "train.device=cpu",
+            "train.max_steps=2", "train.max_time_s=30", "decode.beam=2", "decode.max_new_tokens=8"]
+    main(argv)
+    return root, argv
+
+
+def test_every_stage_leaves_its_files(smoke):
+    root, _ = smoke
+    base = root / "cache" / "mini-base"
+    assert (base / "config.json").is_file() and (base / "model.safetensors").is_file()
+    pretraining = json.loads((base / "pretraining.json").read_text())
+    assert 1 <= pretraining["steps"] <= 2 and pretraining["examples"] == 4
+    assert (root / "cache" / "mini-data" / "pretrain" / "dart" / "train.jsonl").is_file()
+    runs = sorted((root / "runs" / "mini").glob("base-*/*/results.json"))
+    assert sorted(path.parent.name for path in runs) == sorted(("base", *SMOKE_METHODS))
+    assert (root / "out" / "mini.md").is_file()
+    assert (root / "out" / "mini_params_vs_bleu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pretraining_never_sees_e2e(smoke):
+    root, _ = smoke
+    lines = (root / "cache" / "mini-data" / "pretrain" / "dart" / "train.jsonl").read_text().splitlines()
+    e2e_contexts = {json.loads(line)["context"] for line in (root / "data" / "e2e" / "train.jsonl").read_text().splitlines()}
+    assert len(lines) == 4 and not {json.loads(line)["context"] for line in lines} & e2e_contexts
+
+
+def test_results_validate_with_numbers_in_range(smoke):
+    root, _ = smoke
+    groups = (root / "cache" / "mini-data" / "e2e" / "e2e" / "test_references.jsonl").read_text().splitlines()
+    for path in sorted((root / "runs" / "mini").glob("base-*/*/results.json")):
+        result = read_result(path)  # the tables' schema check
+        kind = result["adapter"]["kind"]
+        assert result["task"] == "e2e" and result["split"] == "test" and result["model"] == "tiny"
+        assert result["trainable_params"] == EXPECTED_PARAMS[kind]
+        assert set(result["metrics"]) == set(E2E_RANGES)
+        for name, (low, high) in E2E_RANGES.items():
+            value = result["metrics"][name]
+            assert isinstance(value, float) and math.isfinite(value) and low <= value <= high, (name, value)
+        hypotheses = (path.parent / "test_hypotheses.txt").read_text(encoding="utf-8").split("\n")
+        assert len(hypotheses) - 1 == len(groups) == result["contexts"]
+        if kind == "none":
+            assert result["adapter_file_bytes"] == 0 and not (path.parent / "adapter").exists()
+        else:
+            stored = path.parent / "adapter" / "adapter.safetensors"
+            assert result["adapter_file_bytes"] == stored.stat().st_size
+            assert sum(t.numel() for t in load_file(stored).values()) == EXPECTED_PARAMS[kind]
+
+
+def test_runs_are_named_by_the_base_they_adapt(smoke):
+    root, _ = smoke
+    fingerprint = base_fingerprint(load_gpt2(root / "cache" / "mini-base"))[:12]
+    (run_group,) = (root / "runs" / "mini").glob("base-*")
+    assert run_group.name.startswith(f"base-{fingerprint}-data-")
+
+
+def test_table_lists_every_run_with_date_and_machine(smoke):
+    root, _ = smoke
+    table = (root / "out" / "mini.md").read_text(encoding="utf-8")
+    assert "- date: " in table and ("- machine: cpu" in table or "- machine: cuda" in table)
+    for tag in ("mini/base", *(f"mini/{m}" for m in SMOKE_METHODS)):
+        assert f"| {tag} |" in table
+    assert table.count("beats the un-adapted base on") == len(SMOKE_METHODS)
+
+
+def test_rerun_resumes_without_redoing_anything(smoke, capsys):
+    root, argv = smoke
+    outputs = sorted((root / "runs" / "mini").rglob("*"))
+    before = {path: path.stat().st_mtime_ns for path in outputs if path.is_file()}
+    main(argv)
+    after = {path: path.stat().st_mtime_ns for path in outputs if path.is_file()}
+    assert after == before
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"mini/base", *(f"mini/{m}" for m in SMOKE_METHODS)}
+
+
+def test_every_method_is_a_known_config():
+    from nola.config import compose_config
+    from nola.params import count_adapter
+    from nola.adapters import as_adapter_config
+
+    counts = {m: count_adapter("mini", as_adapter_config(compose_config([f"experiment=mini/{m}", "~decode"]).adapter))
+              for m in METHODS}
+    lora_r1 = 4 * 2 * 1 * (256 + 256)  # 4 layers, q and v, rank 1, d = 256
+    assert counts["lora_r1"]["trainable"] == lora_r1 and counts["lora"]["trainable"] == 4 * lora_r1
+    assert counts["nola_k64"]["trainable"] == lora_r1 // 4 and counts["nola_k32"]["trainable"] == lora_r1 // 8

@@ -1,0 +1,174 @@
+"""`nola.run`: train → decode → score → results.json on the tiny model, resuming stage by stage,
+and the per-dataset scripts. The scorers are replaced by recorders here (tests/test_mini_smoke.py
+runs the real ones); what is asserted is what each stage hands to the next."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import nola.run as pipeline
+from nola.config import compose_config
+from nola.data import Example, ReferenceGroup, load_reference_groups
+from nola.data.records import split_path, write_examples
+from nola.data.references import group_references, write_reference_files
+from nola.errors import NolaError
+from nola.run import RESULTS_FILE, run, score, training_done
+from nola.tables import read_result
+from train_support import single_thread, synthetic_examples
+
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+REPO = Path(__file__).resolve().parents[1]
+E2E_KEYS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A prepared E2E task: 16 training pairs, valid/test with their reference groups."""
+    root = tmp_path_factory.mktemp("data")
+    for split, count, seed in (("train", 16, 1), ("valid", 4, 2), ("test", 6, 3)):
+        examples = [Example(**row) for row in synthetic_examples(count, seed)]
+        write_examples(split_path(root, "e2e", split), examples)
+        if split != "train":
+            write_reference_files(root, "e2e", split, group_references(examples))
+    return root
+
+
+def tiny(data_dir: Path, vocab_dir: Path, runs: Path, *extra: str):
+    return compose_config([
+        "~decode", "model=tiny", "task=e2e", "train=smoke", f"task.data_dir={data_dir}", f"paths.vocab_dir={vocab_dir}",
+        f"paths.runs_dir={runs}", f"paths.cache_dir={runs}/cache", "train.device=cpu", "decode.beam=2",
+        "decode.max_new_tokens=6", *extra,
+    ])
+
+
+class Recorder:
+    """Stands in for a stage and remembers its calls; `fail` makes any call an error."""
+
+    def __init__(self, result=None, fail: bool = False):
+        self.calls: list[tuple] = []
+        self.result, self.fail = result, fail
+
+    def __call__(self, *args, **kwargs):
+        if self.fail:
+            raise AssertionError("this stage should have been skipped")
+        self.calls.append(args)
+        return self.result(*args) if callable(self.result) else self.result
+
+
+def fake_e2e(references, hypotheses):
+    return {key: 0.5 for key in E2E_KEYS} | {"NIST": float(len(hypotheses)), "CIDEr": float(len(references[0]))}
+
+
+@pytest.fixture()
+def fake_scorer(monkeypatch):
+    scorer = Recorder(lambda task, groups, hypotheses: fake_e2e([g.references for g in groups], hypotheses))
+    monkeypatch.setattr(pipeline, "score", scorer)
+    return scorer
+
+
+def test_run_writes_a_valid_results_json_then_rerun_skips_every_stage(data_dir, vocab_dir, tmp_path, fake_scorer,
+                                                                     monkeypatch):
+    cfg = tiny(data_dir, vocab_dir, tmp_path, "adapter=lora")
+    results = run(cfg, tmp_path / "run", experiment="e2e/lora_tiny", tag="test")
+    assert read_result(tmp_path / "run" / RESULTS_FILE) == results
+    assert results["trainable_params"] == 2 * 2 * 4 * (64 + 64)  # 2 layers, q and v, r = 4, d = 64
+    assert results["adapter_file_bytes"] == (tmp_path / "run" / "adapter" / "adapter.safetensors").stat().st_size
+    assert results["training"]["steps"] == 2 and results["experiment"] == "e2e/lora_tiny"
+    groups = [json.loads(line) for line in (data_dir / "e2e" / "test_references.jsonl").read_text().splitlines()]
+    ((task, scored_groups, hypotheses),) = fake_scorer.calls
+    assert task == "e2e" and [g.references for g in scored_groups] == [g["references"] for g in groups]
+    assert (tmp_path / "run" / "test_hypotheses.txt").read_text(encoding="utf-8") == "".join(h + "\n" for h in hypotheses)
+    assert results["metrics"]["NIST"] == len(groups) and results["contexts"] == len(groups)
+
+    monkeypatch.setattr(pipeline, "train", Recorder(fail=True))
+    monkeypatch.setattr(pipeline, "decode_split", Recorder(fail=True))
+    monkeypatch.setattr(pipeline, "score", Recorder(fail=True))
+    assert run(cfg, tmp_path / "run", experiment="e2e/lora_tiny", tag="test") == results
+
+
+def test_new_settings_decode_again_and_new_references_score_again(data_dir, vocab_dir, tmp_path, fake_scorer,
+                                                                   monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    cfg = tiny(data, vocab_dir, tmp_path, "adapter=nola", "adapter.num_basis_a=8", "adapter.num_basis_b=8")
+    first = run(cfg, tmp_path / "run")
+    monkeypatch.setattr(pipeline, "train", Recorder(fail=True))
+    decoder = Recorder(pipeline.decode_split)
+    monkeypatch.setattr(pipeline, "decode_split", decoder)
+    shorter = OmegaConf.merge(cfg, {"decode": {"max_new_tokens": 3}})
+    second = run(shorter, tmp_path / "run")
+    assert len(decoder.calls) == 1 and decoder.calls[0][3].max_new_tokens == 3
+    assert second["training"] == first["training"]
+
+    groups = load_reference_groups(data, "e2e", "test")
+    write_reference_files(data, "e2e", "test", [ReferenceGroup(g.context, g.references + ["Extra."]) for g in groups])
+    monkeypatch.setattr(pipeline, "decode_split", Recorder(fail=True))
+    third = run(shorter, tmp_path / "run")
+    assert fake_scorer.calls[-1][1][0].references[-1] == "Extra." and len(fake_scorer.calls) == 3
+    assert third["metrics"]["CIDEr"] == len(groups[0].references) + 1  # the recorder's stand-in metric
+
+
+def test_frozen_base_is_decoded_without_training(data_dir, vocab_dir, tmp_path, fake_scorer, monkeypatch):
+    monkeypatch.setattr(pipeline, "train", Recorder(fail=True))
+    results = run(tiny(data_dir, vocab_dir, tmp_path, "adapter=none"), tmp_path / "run")
+    assert results["trainable_params"] == 0 and results["adapter_file_bytes"] == 0
+    assert results["timings"]["train_s"] == 0 and not (tmp_path / "run" / "adapter").exists()
+
+
+def test_budget_stopped_training_counts_as_done_while_the_budget_stands():
+    budget = lambda **kw: OmegaConf.create({"max_steps": 0, "max_time_s": 0.0, **kw})  # noqa: E731
+    assert training_done({"completed": True, "stop_reason": "finished"}, budget())
+    assert training_done({"completed": False, "stop_reason": "max_time"}, budget(max_time_s=60.0))
+    assert not training_done({"completed": False, "stop_reason": "max_time"}, budget())
+    assert training_done({"completed": False, "stop_reason": "max_steps", "steps": 5}, budget(max_steps=5))
+    assert not training_done({"completed": False, "stop_reason": "max_steps", "steps": 5}, budget(max_steps=9))
+
+
+def test_webnlg_and_dart_are_scored_with_generation_eval_scales(monkeypatch):
+    calls = []
+
+    def score_webnlg(references, hypotheses, seen):
+        calls.append((references, hypotheses, seen))
+        return {"all": {"BLEU": 0.4652, "METEOR": 0.39, "TER": 0.46}, "seen": {"BLEU": 0.5, "METEOR": 0.4, "TER": 0.4},
+                "unseen": {"BLEU": 0.25, "METEOR": 0.3, "TER": 0.5}}
+
+    monkeypatch.setattr(pipeline, "score_webnlg", score_webnlg)
+    monkeypatch.setattr(pipeline, "score_gem", lambda references, hypotheses: {"BLEU": 0.4652, "METEOR": 0.39, "TER": 0.46})
+    groups = [ReferenceGroup("a", ["A"], "Airport", True), ReferenceGroup("b", ["B"], "Film", False),
+              ReferenceGroup("c", ["C", "C2"], "Food", True)]
+    metrics = score("webnlg", groups, ["x", "y", "z"])
+    assert calls == [([["A"], ["B"], ["C", "C2"]], ["x", "y", "z"], [True, False, True])]
+    # eval/README.md: GenerationEval prints "BLEU = 46.52" (0-100); METEOR and TER stay fractions
+    assert metrics["all"] == pytest.approx({"BLEU": 46.52, "METEOR": 0.39, "TER": 0.46})
+    assert metrics["unseen"]["BLEU"] == pytest.approx(25.0) and metrics["seen"]["TER"] == 0.4
+    assert score("dart", groups, ["x", "y", "z"]) == pytest.approx({"BLEU": 46.52, "METEOR": 0.39, "TER": 0.46})
+
+
+def test_decoding_the_train_split_is_refused(data_dir, vocab_dir, tmp_path):
+    with pytest.raises(NolaError, match="decode.split"):
+        run(tiny(data_dir, vocab_dir, tmp_path, "decode.split=train"), tmp_path / "run")
+
+
+def script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("task, adapter, cell", [("e2e", "lora_r1", "e2e/lora_gpt2m_r1"), ("dart", "nola", "dart/nola_gpt2m")])
+def test_dataset_scripts_run_the_paper_cell(task, adapter, cell):
+    result = script(f"scripts/{task}.sh", adapter, "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert f"name: {cell}" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [(("e2e", "bogus"), "unknown adapter 'bogus'"),
+                                           (("webnlg", "ft"), "conf/experiment/webnlg/ft_gpt2m.yaml")])
+def test_dataset_scripts_refuse_unknown_cells(args, message):
+    task, adapter = args
+    result = script(f"scripts/{task}.sh", adapter)
+    assert result.returncode == 2 and message in result.stderr
