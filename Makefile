@@ -27,22 +27,22 @@ test: setup ## set up if needed, then run the fast test suite
 test-slow: setup ## run the slow tests too (integration on ../shared/data included)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-data: setup ## download/prepare E2E, WebNLG, DART (DATA_MIRROR=dir copies from a local mirror)
+data: setup ## download/prepare E2E, WebNLG, DART (DATA_MIRROR=dir copies from a local mirror); quick when current
 	$(PY) -m nola.data.prepare --data-dir data $(if $(DATA_MIRROR),--mirror $(DATA_MIRROR))
 
-e2e-nola: setup ## GPT-2 M + NOLA on E2E: train, decode, score, results (needs GPT-2 weights; GPU)
+e2e-nola: data ## GPT-2 M + NOLA on E2E: train, decode, score, results (needs GPT-2 weights; GPU)
 	bash scripts/e2e.sh nola
-e2e-lora: setup ## GPT-2 M + LoRA r=4 on E2E
+e2e-lora: data ## GPT-2 M + LoRA r=4 on E2E
 	bash scripts/e2e.sh lora
-e2e-ft: setup ## GPT-2 M full fine-tuning on E2E
+e2e-ft: data ## GPT-2 M full fine-tuning on E2E
 	bash scripts/e2e.sh ft
-dart-nola: setup ## GPT-2 M + NOLA on DART
+dart-nola: data ## GPT-2 M + NOLA on DART
 	bash scripts/dart.sh nola
-dart-lora: setup ## GPT-2 M + LoRA on DART
+dart-lora: data ## GPT-2 M + LoRA on DART
 	bash scripts/dart.sh lora
-webnlg-nola: setup ## GPT-2 M + NOLA on WebNLG
+webnlg-nola: data ## GPT-2 M + NOLA on WebNLG
 	bash scripts/webnlg.sh nola
-webnlg-lora: setup ## GPT-2 M + LoRA on WebNLG
+webnlg-lora: data ## GPT-2 M + LoRA on WebNLG
 	bash scripts/webnlg.sh lora
 
 tables: setup ## regenerate the paper tables and figure from every results.json
