@@ -31,3 +31,14 @@ def vocab_dir() -> Path:
     if not (path / "encoder.json").is_file():
         pytest.skip(f"GPT-2 vocabulary not found at {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tiny-model tests on one thread: op-by-op work spin-waits on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,13 +21,7 @@ from nola.model import GPT2Config, init_gpt2
 EOS = (5, 9)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run op by op; one thread avoids spin-waiting on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(seed: int, *, vocab: int = 512, eos=EOS, eos_scale: float = 0.1, sharpness: float = 4.0):

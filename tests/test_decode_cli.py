@@ -35,12 +35,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SMALL = DecodeConfig(beam=3, max_new_tokens=5, batch_size=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from nola.model import GPT2, GPT2Config
 V, EOS = 32, 31
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run op by op; one thread avoids spin-waiting on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bigram_model(logits: torch.Tensor) -> GPT2:
