@@ -34,8 +34,9 @@ def vocab_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def one_torch_thread():
-    """Run a module's tiny-model tests on one thread: op-by-op work spin-waits on a busy 2-core machine."""
+def single_thread():
+    """One intra-op thread for a module's tiny-model tests: op-by-op work spin-waits on a busy 2-core
+    machine, and subprocesses get OMP_NUM_THREADS=1, so the same thread count keeps bitwise comparisons."""
     import torch
 
     threads = torch.get_num_threads()

@@ -8,9 +8,9 @@ import pytest
 from nola.config import CONF_DIR, compose_config
 from nola.errors import NolaError
 from nola.train import train
-from train_support import single_thread, tiny_overrides, write_dataset
+from train_support import tiny_overrides, write_dataset
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 GROUPS = ("model", "adapter", "task", "train", "decode", "paths")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]

@@ -11,21 +11,12 @@ import pytest
 from nola.data import load_examples, load_reference_groups, reference_files
 from nola.data.files import digest_file
 from nola.data.prepare import main, prepare
-from nola.data.sources import default_sources_path, load_sources
+from nola.data.sources import load_sources
 from nola.data.tasks import TASK_SPECS
+from mirror_support import MIRROR, sources_for_mirror
 from nola.errors import NolaError
 
-MIRROR = Path(__file__).resolve().parent / "fixtures" / "data" / "mirror"
 
-
-def sources_for_mirror(mirror: Path, destination: Path) -> Path:
-    """The repository's sources.json with the accepted digests replaced by the mirror files' own."""
-    document = json.loads(default_sources_path().read_text(encoding="utf-8"))
-    for entry in document["files"]:
-        digest = digest_file(mirror / entry["path"])
-        entry["accept"] = [{"origin": "fixture", "bytes": digest.size, "sha256": digest.sha256, "git_blob": None}]
-    destination.write_text(json.dumps(document), encoding="utf-8")
-    return destination
 
 
 @pytest.fixture()

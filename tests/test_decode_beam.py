@@ -21,7 +21,7 @@ from nola.model import GPT2Config, init_gpt2
 EOS = (5, 9)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_model(seed: int, *, vocab: int = 512, eos=EOS, eos_scale: float = 0.1, sharpness: float = 4.0):

@@ -35,7 +35,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SMALL = DecodeConfig(beam=3, max_new_tokens=5, batch_size=2)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from nola.model import GPT2, GPT2Config
 V, EOS = 32, 31
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def bigram_model(logits: torch.Tensor) -> GPT2:

@@ -20,9 +20,9 @@ from nola.data.references import group_references, write_reference_files
 from nola.errors import NolaError
 from nola.run import RESULTS_FILE, run, score, training_done
 from nola.tables import read_result
-from train_support import single_thread, synthetic_examples
+from train_support import synthetic_examples
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]
 E2E_KEYS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 

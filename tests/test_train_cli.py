@@ -17,9 +17,9 @@ import yaml
 from nola.config import compose_config
 from nola.train import train
 from nola.training.checkpoint import latest_name
-from train_support import adapter_weights, single_thread, subprocess_env, tiny_overrides, write_dataset
+from train_support import adapter_weights, subprocess_env, tiny_overrides, write_dataset
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 

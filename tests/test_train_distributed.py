@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from nola.config import compose_config
 from nola.train import train
-from train_support import scalars, run_rank, single_thread, tiny_overrides, write_dataset
+from train_support import scalars, run_rank, tiny_overrides, write_dataset
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def free_port() -> int:

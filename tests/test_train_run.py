@@ -13,9 +13,9 @@ from nola.errors import NolaError
 from nola.train import train
 from nola.training import checkpoint as ckpt
 from nola.training import loop
-from train_support import adapter_weights, scalars, single_thread, tiny_config, write_dataset
+from train_support import adapter_weights, scalars, tiny_config, write_dataset
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 LORA = ("adapter=lora", "adapter.dropout=0.1", "train.lr=1e-2")  # dropout exercises the RNG on resume
 

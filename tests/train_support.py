@@ -8,7 +8,6 @@ import os
 import random
 from pathlib import Path
 
-import pytest
 import torch
 
 from nola.config import compose_config
@@ -16,16 +15,6 @@ from nola.config import compose_config
 NAMES = ["Alimentum", "Aromi", "Bibimbap", "Cocum", "Giraffe", "Loch Fyne", "Zizzi", "The Mill"]
 FOODS = ["Chinese", "English", "French", "Indian", "Italian", "Japanese"]
 AREAS = ["city centre", "riverside"]
-
-
-@pytest.fixture(scope="module")
-def single_thread():
-    """One intra-op thread for the tiny model (faster on a shared 2-core machine, and the same thread
-    count as the subprocesses, which get OMP_NUM_THREADS=1, so bitwise comparisons hold)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def subprocess_env() -> dict[str, str]:
