@@ -43,6 +43,7 @@ from nola.data import Example, ReferenceGroup, load_examples, load_reference_gro
 from nola.data.files import read_json, sha256_file, write_json_atomic, write_text_atomic
 from nola.data.records import split_path, write_examples
 from nola.data.references import group_references, write_reference_files
+from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
 from nola.export import export_hf_model
 from nola.model import base_fingerprint, load_gpt2
@@ -301,6 +302,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args, overrides = parse_args(argv)
+    keep_freed_memory()
     settings = MiniSettings(**{name: getattr(args, name) for name in MiniSettings.__dataclass_fields__})
     results = run_mini(settings, overrides, Path(args.out), args.started_at, tuple(args.methods.split(",")))
     summary = {result["tag"]: result["metrics"] for result in results}

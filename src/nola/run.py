@@ -38,6 +38,7 @@ from nola.config import CONF_DIR, register_schemas
 from nola.data import ReferenceGroup, load_reference_groups
 from nola.data.files import read_json, sha256_file, write_json_atomic
 from nola.decode.hypotheses import decode_split, write_hypotheses
+from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
 from nola.metrics import score_e2e, score_gem, score_webnlg
 from nola.params import count_adapter
@@ -232,6 +233,7 @@ def _digest(value: Any) -> str:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    keep_freed_memory()
     runtime = HydraConfig.get().runtime
     results = run(cfg, runtime.output_dir, experiment=runtime.choices.get("experiment"))
     print(json.dumps(results["metrics"], indent=2))

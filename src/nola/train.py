@@ -24,6 +24,7 @@ from nola.adapters import as_adapter_config, save_adapter
 from nola.build import build_model, resolve_weights
 from nola.config import CONF_DIR, register_schemas
 from nola.data.files import write_json_atomic, write_text_atomic
+from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
 from nola.model import GPT2Config
 from nola.tokenizer import load_tokenizer
@@ -214,6 +215,7 @@ def _write_final_adapter(job: TrainingJob, target: Path, metrics: dict) -> None:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    keep_freed_memory()
     train(cfg, HydraConfig.get().runtime.output_dir)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from nola.allocator import keep_freed_memory
 from nola.bench import adapter_step, decode, gpu, training
 from nola.bench.machine import describe_machine, load_average
 from nola.bench.report import SECTION_ORDER, merge_sections, read_report, write_report
@@ -102,6 +103,7 @@ def run_section(name: str, args: argparse.Namespace) -> dict:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.merge_from and not args.merge_from.is_file():

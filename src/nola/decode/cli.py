@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from nola.config import CONF_DIR, register_schemas
+from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
 
 ADAPTER_SUBDIR = "adapter"  # where `python -m nola.train` saves the final adapter in its run directory
@@ -83,6 +84,7 @@ def find_adapter(cfg: DictConfig, run_dir: Path) -> Path | None:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    keep_freed_memory()
     summary = decode_from_config(cfg, HydraConfig.get().runtime.output_dir)
     if summary:
         print(json.dumps(summary, indent=2))
