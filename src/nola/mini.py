@@ -4,12 +4,12 @@
 code as the full-scale runs (`nola.train.train`, `nola.run.run`); only the configs differ
 (conf/experiment/mini/*.yaml):
 
-1. pretrain the mini GPT-2 (4 layers, 256 wide, GPT-2 tokenizer) from random init on a subset of
+1. pretrain the mini GPT-2 (4 layers, 128 wide, GPT-2 tokenizer) from random init on a subset of
    DART + WebNLG training data, never E2E (`experiment=mini/pretrain`, wall time capped by
    train.max_time_s) and export it as a Hugging Face directory `<paths.cache_dir>/mini-base`, which
    later runs reuse (delete it to pretrain again);
 2. adapt it to a fixed subset of E2E train with full fine-tuning, LoRA r=4, LoRA r=1 and NOLA with
-   1,024 and 512 parameters (a quarter and an eighth of LoRA r=1's), each with the same wall budget;
+   512 and 256 parameters (a quarter and an eighth of LoRA r=1's), each with the same wall budget;
 3. decode the first `--test-contexts` E2E test reference groups with the paper's beam settings for
    every adapted model and for the un-adapted base (`experiment=mini/base`);
 4. score them (`nola.metrics`) and write `<out>/mini.md` (the table with date, machine and load)
@@ -52,7 +52,7 @@ from nola.tables import build_tables, plot_params_vs_bleu
 from nola.tables.render import LAYOUTS, our_row
 from nola.tables.schema import metric_name
 
-METHODS = ("ft", "lora", "lora_r1", "nola_k64", "nola_k32")
+METHODS = ("ft", "lora", "lora_r1", "nola_k32", "nola_k16")
 BASE_RUN = "base"
 BASE_DIR = "mini-base"
 PRETRAIN_RECORD = "pretraining.json"
@@ -71,9 +71,9 @@ class MiniSettings:
     test_contexts: the first E2E test reference groups decoded and scored (all their references).
     """
 
-    pretrain_examples: int = 11200
-    pretrain_max_chars: int = 200
-    adapt_examples: int = 2400
+    pretrain_examples: int = 40000
+    pretrain_max_chars: int = 240
+    adapt_examples: int = 4800
     valid_examples: int = 48
     test_contexts: int = 100
     seed: int = 0

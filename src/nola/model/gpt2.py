@@ -77,7 +77,7 @@ NAMED_CONFIGS: dict[str, dict] = {
     "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20),
     "gpt2-xl": dict(n_embd=1600, n_layer=48, n_head=25),
     "tiny": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128),
-    "mini": dict(n_embd=256, n_layer=4, n_head=4, n_positions=256),
+    "mini": dict(n_embd=128, n_layer=4, n_head=4, n_positions=256),
 }
 
 
