@@ -147,6 +147,9 @@ def test_quick_decode_races_transformers_on_the_same_model(quick_run):
     assert set(result["contenders"]) == {"ours", "transformers"}
     assert result["max_abs_logit_difference"] < 1e-3
     assert result["speedup"] > 0
+    # the floor is a strict subset of either decoder's work (the same logit matmuls and nothing else)
+    floor = result["vocab_projection_floor"]
+    assert floor["ours_over_floor"] > 1 and floor["transformers_over_floor"] > 1
 
 
 def test_quick_gpu_section_records_why_it_was_skipped(quick_run):

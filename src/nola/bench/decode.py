@@ -24,6 +24,7 @@ settled) only pays off when hypotheses end, which a random model's never do.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import torch
 
@@ -33,6 +34,7 @@ from nola.errors import NolaError
 from nola.model import GPT2, GPT2Config, init_gpt2, to_hf_state_dict
 from nola.model.loading import hf_config_dict
 
+FLOOR = "vocab projection floor"
 PAPER = dict(beam=10, length_penalty=0.8, no_repeat_ngram_size=4, repetition_penalty=1.0, max_new_tokens=64)
 EOS_IDS = (50256, 628)
 E2E_CONTEXT_LENGTHS = (24, 25, 26, 27, 28, 29, 30, 32)  # with the bos; around the E2E train median of 28
@@ -79,8 +81,10 @@ def bench_decode(
             )
         generated["transformers"] = count_generated(outputs[:, input_ids.shape[1]:])
 
-    samples = time_alternating({"ours": run_ours, "transformers": run_hf}, repeats=repeats, warmup=warmup,
-                               desc="decode bench")
+    floor = vocab_projection_floor(ours, prompts=count, beam=settings["beam"], steps=new_tokens)
+    samples = time_alternating({"ours": run_ours, "transformers": run_hf, FLOOR: floor}, repeats=repeats,
+                               warmup=warmup, desc="decode bench")
+    floor_s = summarize(samples.pop(FLOOR))
     contenders = {}
     for name, times in samples.items():
         summary = summarize(times)
@@ -98,7 +102,35 @@ def bench_decode(
         "speedup": ratio(contenders["ours"]["tokens_per_s"], contenders["transformers"]["tokens_per_s"]),
         "time_ratio_transformers_over_ours": ratio(contenders["transformers"]["median_s"],
                                                    contenders["ours"]["median_s"]),
+        "vocab_projection_floor": {
+            **floor_s,
+            "ours_over_floor": ratio(contenders["ours"]["median_s"], floor_s["median_s"]),
+            "transformers_over_floor": ratio(contenders["transformers"]["median_s"], floor_s["median_s"]),
+        },
     }
+
+
+def vocab_projection_floor(model: GPT2, *, prompts: int, beam: int, steps: int) -> Callable[[], None]:
+    """The full-vocabulary logits any exact beam search must compute when no hypothesis ends early.
+
+    Exact beam scores need each live beam's log-softmax, hence its logits over the whole vocabulary:
+    one projection per input after the prompt, then `beam` rows per input at every later step. Timing
+    only these matmuls (nothing else of the network, no softmax, no search) gives a lower bound on
+    any exact decoder's time for the benchmark's searches, which all run to `steps` tokens; the ratio
+    transformers / floor is the largest speed-up any such decoder could show over generate() here.
+    """
+    weight = model.lm_head.weight.detach()  # (vocab, n_embd)
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randn(prompts, weight.shape[1], generator=generator, dtype=weight.dtype)
+    later = torch.randn(prompts * beam, weight.shape[1], generator=generator, dtype=weight.dtype)
+
+    def project() -> None:
+        with torch.inference_mode():
+            torch.mm(first, weight.T)
+            for _ in range(steps - 1):
+                torch.mm(later, weight.T)
+
+    return project
 
 
 def make_prompts(count: int, vocab_size: int, seed: int) -> list[list[int]]:
