@@ -130,6 +130,15 @@ def test_published_data_loads_and_every_row_has_a_source(published):
                       ("NOLA", "GPT-2 L E2E table (project page)"): 3}
 
 
+def test_figure_draws_frozen_bases_as_lines_not_points():
+    from nola.tables.figure import _frozen_bases, _points
+
+    frozen = {**E2E_NOLA_L, "adapter": {"kind": "none"}, "trainable_params": 0,
+              "metrics": {**E2E_NOLA_L["metrics"], "BLEU": 0.0280}}
+    assert _frozen_bases([E2E_NOLA_L, frozen, DART_MINI]) == {"e2e": [("gpt2-large", pytest.approx(2.8))]}
+    assert _points([E2E_NOLA_L, frozen], None) == {"e2e": [("gpt2-large", True, 36864, pytest.approx(70.12))]}
+
+
 def test_figure_is_a_png(tmp_path, published):
     path = tmp_path / "fig" / "params_vs_bleu.png"
     plot_params_vs_bleu([E2E_NOLA_L, WEBNLG_LORA_M, DART_MINI], published, path)

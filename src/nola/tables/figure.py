@@ -1,6 +1,7 @@
 """Trainable parameters (log scale) against BLEU, one panel per task, ours beside the papers'.
 
-Published points are hollow circles, ours filled stars; colours tell the base models apart. BLEU
+Published points are hollow circles, ours filled stars, our un-adapted bases (0 trainable
+parameters, off a log axis) dashed horizontal lines; colours tell the base models apart. BLEU
 is on the papers' scale (E2E x100, WebNLG "all" categories). Drawn with matplotlib's Agg canvas
 directly (no pyplot, no global backend switch) and written atomically.
 """
@@ -42,13 +43,23 @@ def _points(results: list[dict[str, Any]], published: Published | None) -> dict[
     return {task: found for task, found in points.items() if found}
 
 
+def _frozen_bases(results: list[dict[str, Any]]) -> dict[str, list[tuple[str, float]]]:
+    """task -> (model, BLEU) of our runs with nothing trained (the un-adapted base)."""
+    floors: dict[str, list[tuple[str, float]]] = {}
+    for result in results:
+        score = our_row(result).metrics.get(BLEU_KEY[result["task"]])
+        if result["trainable_params"] == 0 and score is not None:
+            floors.setdefault(result["task"], []).append((result["model"], score))
+    return floors
+
+
 def plot_params_vs_bleu(results: list[dict[str, Any]], published: Published | None, path: str | Path) -> None:
     """Write the PNG scatter of trainable parameters against BLEU to `path` (atomically)."""
     results = validate_results(results)
-    points = _points(results, published)
+    points, floors = _points(results, published), _frozen_bases(results)
     models = list(dict.fromkeys(model for found in points.values() for model, *_ in found))
     colour = {model: COLOURS[i % len(COLOURS)] for i, model in enumerate(models)}
-    figure = Figure(figsize=(4.2 * max(len(points), 1), 3.8), layout="constrained")
+    figure = Figure(figsize=(4.2 * max(len(points), 1) + 2.0, 3.8), layout="constrained")  # + the legend
     FigureCanvasAgg(figure)
     if not points:
         axes = figure.subplots()
@@ -61,6 +72,8 @@ def plot_params_vs_bleu(results: list[dict[str, Any]], published: Published | No
                 style = {"marker": "*", "s": 140, "color": colour[model]} if ours else \
                     {"marker": "o", "s": 40, "facecolors": "none", "edgecolors": colour[model]}
                 axes.scatter([params], [bleu], zorder=3 if ours else 2, **style)
+            for model, bleu in floors.get(task, []):
+                axes.axhline(bleu, linestyle="--", linewidth=1, color=colour.get(model, "black"), zorder=1)
             axes.set_xscale("log")
             axes.set_xlabel("trainable parameters")
             axes.set_ylabel("BLEU")
@@ -68,6 +81,8 @@ def plot_params_vs_bleu(results: list[dict[str, Any]], published: Published | No
             axes.grid(True, which="major", alpha=0.3)
         handles = [Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="black", label="published"),
                    Line2D([], [], marker="*", linestyle="", markersize=11, color="black", label="ours")]
+        if any(task in floors for task in points):
+            handles.append(Line2D([], [], linestyle="--", color="black", label="un-adapted base (ours)"))
         handles += [Line2D([], [], marker="s", linestyle="", color=colour[m], label=model_label(m)) for m in models]
         figure.legend(handles=handles, loc="outside right upper", fontsize="small")
     with atomic_path(path) as tmp:
