@@ -119,3 +119,16 @@ def test_every_method_is_a_known_config():
     lora_r1 = 4 * 2 * 1 * (128 + 128)  # 4 layers, q and v, rank 1, d = 128
     assert counts["lora_r1"]["trainable"] == lora_r1 and counts["lora"]["trainable"] == 4 * lora_r1
     assert counts["nola_k32"]["trainable"] == lora_r1 // 4 and counts["nola_k16"]["trainable"] == lora_r1 // 8
+
+
+def test_decode_bench_races_generate_on_the_pretrained_base_and_real_prompts(smoke, vocab_dir, tmp_path):
+    from nola.bench.decode import bench_trained_decode
+
+    root, _ = smoke
+    result = bench_trained_decode(repeats=1, warmup=0, model_dir=root / "cache" / "mini-base", data_dir=root / "data",
+                                  vocab_dir=vocab_dir, contexts=3)
+    assert result["prompts"] == 3 and result["max_abs_logit_difference"] < 1e-3
+    assert set(result["contenders"]) == {"ours", "transformers"} and result["speedup"] > 0
+    assert all(row["generated_tokens"] > 0 for row in result["contenders"].values())
+    missing = bench_trained_decode(repeats=1, warmup=0, model_dir=tmp_path / "none", data_dir=root / "data")
+    assert missing == {"skipped": f"no trained model at {tmp_path / 'none'} (run `make mini` first)"}

@@ -18,13 +18,19 @@ What this regime measures: each step of either contender is dominated by work an
 search must do for every live beam, the vocabulary projection (beam × batch rows × 50,257) and
 its log-softmax. Ours saves the per-beam prompt pass, the full-vocabulary score tensor and HF's
 per-step Python n-gram bookkeeping; its exact early exit (an input leaves the batch once it is
-settled) only pays off when hypotheses end, which a random model's never do.
+settled) only pays off when hypotheses end, which a random model's never do. `vocab_projection_floor`
+times those logit matmuls alone: no exact decoder can beat generate() by more than its time / floor.
+
+A second race (`trained`, skipped until `make mini` has run) uses the base `make mini` pretrains,
+on the first 32 real E2E test contexts, where hypotheses do end: there LoRA's exact search has to
+go on until no live beam can still win, while generate() stops on its heuristic.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -35,6 +41,7 @@ from nola.model import GPT2, GPT2Config, init_gpt2, to_hf_state_dict
 from nola.model.loading import hf_config_dict
 
 FLOOR = "vocab projection floor"
+TRAINED_BASE = Path(".cache/mini-base")  # written by `make mini` (nola.mini)
 PAPER = dict(beam=10, length_penalty=0.8, no_repeat_ngram_size=4, repetition_penalty=1.0, max_new_tokens=64)
 EOS_IDS = (50256, 628)
 E2E_CONTEXT_LENGTHS = (24, 25, 26, 27, 28, 29, 30, 32)  # with the bos; around the E2E train median of 28
@@ -64,12 +71,30 @@ def bench_decode(
         raise NolaError(f"transformers GPT-2 did not take our weights: {missing}")
     hf.tie_weights()
     token_ids = make_prompts(count, ours.config.vocab_size, seed)
+    floor = vocab_projection_floor(ours, prompts=count, beam=settings["beam"], steps=new_tokens)
+    result = race(ours, hf, token_ids, settings, repeats=repeats, warmup=warmup, floor=floor)
+    floor_s = result.pop("floor")
+    result["vocab_projection_floor"] = {
+        **floor_s,
+        "ours_over_floor": ratio(result["contenders"]["ours"]["median_s"], floor_s["median_s"]),
+        "transformers_over_floor": ratio(result["contenders"]["transformers"]["median_s"], floor_s["median_s"]),
+    }
+    result["model"] = model_name
+    if not quick:
+        result["trained"] = bench_trained_decode(repeats=repeats, warmup=warmup)
+    return result
+
+
+def race(ours: GPT2, hf, token_ids: list[list[int]], settings: dict, *, repeats: int, warmup: int,
+         floor: Callable[[], None] | None = None) -> dict:
+    """Time ours against generate() on the same prompts, alternating (and the floor, when given)."""
     input_ids, attention_mask = left_padded(token_ids)
     max_logit_diff = check_same_model(ours, hf, input_ids, attention_mask)
+    new_tokens = settings["max_new_tokens"]
     generated: dict[str, int] = {}
 
     def run_ours() -> None:
-        outputs = beam_search(ours, token_ids, eos_ids=EOS_IDS, batch_size=count, **settings)
+        outputs = beam_search(ours, token_ids, eos_ids=EOS_IDS, batch_size=len(token_ids), **settings)
         generated["ours"] = sum(len(tokens) for tokens in outputs)
 
     def run_hf() -> None:
@@ -81,17 +106,16 @@ def bench_decode(
             )
         generated["transformers"] = count_generated(outputs[:, input_ids.shape[1]:])
 
-    floor = vocab_projection_floor(ours, prompts=count, beam=settings["beam"], steps=new_tokens)
-    samples = time_alternating({"ours": run_ours, "transformers": run_hf, FLOOR: floor}, repeats=repeats,
-                               warmup=warmup, desc="decode bench")
-    floor_s = summarize(samples.pop(FLOOR))
+    runs = {"ours": run_ours, "transformers": run_hf, **({FLOOR: floor} if floor else {})}
+    samples = time_alternating(runs, repeats=repeats, warmup=warmup, desc="decode bench")
+    floor_s = summarize(samples.pop(FLOOR)) if floor else None
     contenders = {}
     for name, times in samples.items():
         summary = summarize(times)
         contenders[name] = {**summary, "generated_tokens": generated[name],
                             "tokens_per_s": generated[name] / summary["median_s"]}
+    count = len(token_ids)
     return {
-        "model": model_name,
         "prompts": count,
         "prompt_tokens": [len(p) for p in token_ids],
         "settings": {**settings, "eos_ids": list(EOS_IDS)},
@@ -102,12 +126,40 @@ def bench_decode(
         "speedup": ratio(contenders["ours"]["tokens_per_s"], contenders["transformers"]["tokens_per_s"]),
         "time_ratio_transformers_over_ours": ratio(contenders["transformers"]["median_s"],
                                                    contenders["ours"]["median_s"]),
-        "vocab_projection_floor": {
-            **floor_s,
-            "ours_over_floor": ratio(contenders["ours"]["median_s"], floor_s["median_s"]),
-            "transformers_over_floor": ratio(contenders["transformers"]["median_s"], floor_s["median_s"]),
-        },
+        **({"floor": floor_s} if floor else {}),
     }
+
+
+def bench_trained_decode(*, repeats: int, warmup: int, model_dir: str | Path = TRAINED_BASE,
+                         data_dir: str | Path = "data", vocab_dir: str | Path | None = None,
+                         contexts: int = 32) -> dict:
+    """The same race with a trained model on real E2E test contexts, where hypotheses end.
+
+    Uses the base `make mini` pretrains (DART + WebNLG, never E2E) and the first `contexts` E2E test
+    contexts; skipped (with the reason) until `make mini` and `make data` have run. Here the
+    semantics matter: LoRA's search, which ours reproduces exactly, may only stop an input once no
+    live beam can still beat its best finished hypothesis (log-probabilities ≤ 0, normalisation up
+    to max_new_tokens), while generate()'s default stops as soon as its heuristic says so.
+    """
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    vocab_dir = Path(vocab_dir) if vocab_dir is not None else data_dir / "vocab"
+    if not (model_dir / "config.json").is_file():
+        return {"skipped": f"no trained model at {model_dir} (run `make mini` first)"}
+    if not (data_dir / "e2e" / "test_references.jsonl").is_file() or not vocab_dir.is_dir():
+        return {"skipped": f"no prepared E2E data under {data_dir} (run `make data`)"}
+    from transformers import GPT2LMHeadModel
+
+    from nola.data import load_reference_groups
+    from nola.decode.hypotheses import context_prompts
+    from nola.model import load_gpt2
+    from nola.tokenizer import load_tokenizer
+
+    ours = load_gpt2(model_dir).eval()
+    hf = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    groups = load_reference_groups(data_dir, "e2e", "test")[:contexts]
+    token_ids = context_prompts(load_tokenizer(vocab_dir), [group.context for group in groups])
+    result = race(ours, hf, token_ids, dict(PAPER), repeats=repeats, warmup=warmup)
+    return {"model": str(model_dir), "data": "E2E test, first contexts", **result}
 
 
 def vocab_projection_floor(model: GPT2, *, prompts: int, beam: int, steps: int) -> Callable[[], None]:
