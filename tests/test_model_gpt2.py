@@ -121,6 +121,23 @@ def test_kv_cache_reorder_without_mask_equals_full_forward(model):
     close(torch.cat(steps, dim=1), model(continued)[:, 6:])
 
 
+@torch.no_grad()
+def test_kv_cache_reorders_through_growing_and_shrinking_row_counts(model):
+    """Beam search runs only its live beams: the row count changes from step to step."""
+    ids = random_ids(2, 12, seed=9)
+    cache = model.new_cache(2, 12)
+    model(ids[:, :5], cache=cache)
+    sources = torch.tensor([0, 1])  # the prompt row each cache row continues
+    steps = []
+    for t, index in zip(range(5, 12), ([1, 0, 1, 0], [2], [0, 0, 0], [1, 2, 0, 2, 1], [4, 3], [1, 0, 1], [2, 0])):
+        index = torch.tensor(index)
+        cache.reorder(index)
+        sources = sources[index]
+        steps.append((sources, model(ids[sources, t : t + 1], cache=cache)[:, 0]))
+    for t, (rows, logits) in zip(range(5, 12), steps):
+        close(logits, model(ids[rows, : t + 1])[:, -1])
+
+
 @pytest.mark.parametrize("pad", [left_pad, right_pad], ids=["left", "right"])
 @torch.no_grad()
 def test_each_padded_row_equals_the_row_alone(model, pad):

@@ -210,7 +210,7 @@ def _search_batch(model, prompts: list[list[int]], settings: SearchSettings) -> 
     scores, tokens = _top_log_probs(logits, K)  # (B, K): step 0 expands the single beam
     best = _BestHypotheses(B, M, device, scores.dtype)
     active = torch.arange(B, device=device)  # batch positions still searching
-    rows = active.repeat_interleave(K)  # cache row of each beam's parent
+    parent_rows = active.repeat_interleave(K)  # cache row holding each beam's parent
     history = tokens.reshape(B * K, 1)  # generated tokens per beam
     scores = _finish_on_eos(best, active, scores, history, eos_ids, power)
 
@@ -221,16 +221,24 @@ def _search_batch(model, prompts: list[list[int]], settings: SearchSettings) -> 
         if settled.any():
             keep = ~settled
             beams = keep.repeat_interleave(K)
-            active, scores, history, rows = active[keep], scores[keep], history[beams], rows[beams]
+            active, scores, history, parent_rows = active[keep], scores[keep], history[beams], parent_rows[beams]
         A = active.shape[0]
-        cache.reorder(rows)
-        generated = torch.ones(A * K, length, dtype=torch.bool, device=device)
-        mask = torch.cat([prompt_mask[active].repeat_interleave(K, dim=0), generated], dim=1)
-        logits = model(history[:, -1:], attention_mask=mask, cache=cache, only_last=True)[:, -1]
-        log_probs, tokens = _top_log_probs(_penalize(logits, history, settings), K)  # (A·K, K) per beam
+        # Beams at -inf (finished on an eos) are not run: all their candidates are -inf, and every
+        # active input has a live beam whose K finite candidates outrank them, so the top-K is unchanged.
+        live = torch.isfinite(scores).view(-1).nonzero().squeeze(1)
+        cache.reorder(parent_rows[live])
+        generated = torch.ones(live.shape[0], length, dtype=torch.bool, device=device)
+        mask = torch.cat([prompt_mask[active].repeat_interleave(K, dim=0)[live], generated], dim=1)
+        logits = model(history[live, -1:], attention_mask=mask, cache=cache, only_last=True)[:, -1]
+        live_log_probs, live_tokens = _top_log_probs(_penalize(logits, history[live], settings), K)
+        log_probs = live_log_probs.new_full((A * K, K), NEG_INF).index_copy_(0, live, live_log_probs)
+        tokens = live_tokens.new_zeros((A * K, K)).index_copy_(0, live, live_tokens)  # (A·K, K) per beam
         scores, pick = (scores.reshape(-1, 1) + log_probs).view(A, K * K).topk(K, dim=1)
-        rows = (torch.arange(A, device=device) * K).unsqueeze(1).add(pick // K).view(-1)
-        history = torch.cat([history[rows], tokens.view(A, K * K).gather(1, pick).view(-1, 1)], dim=1)
+        parents = (torch.arange(A, device=device) * K).unsqueeze(1).add(pick // K).view(-1)
+        cache_row = torch.full((A * K,), -1, dtype=torch.long, device=device).index_copy_(
+            0, live, torch.arange(live.shape[0], device=device))
+        parent_rows = cache_row[parents]  # -1 only under a -inf parent, which is never run again
+        history = torch.cat([history[parents], tokens.view(A, K * K).gather(1, pick).view(-1, 1)], dim=1)
         scores = _finish_on_eos(best, active, scores, history, eos_ids, power)
 
     best.offer(active, scores, history, torch.ones_like(scores, dtype=torch.bool), M, power, on_eos=False)

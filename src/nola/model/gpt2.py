@@ -91,6 +91,7 @@ class KVCache:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0
+        self._buffers = (self.keys, self.values)  # the storage self.keys/values are leading row slices of
         self._spare: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,18 +108,20 @@ class KVCache:
 
         The filled positions are gathered into a second buffer that is then swapped in, so a search
         does not fault in a fresh cache-sized tensor at every step (on CPU that costs several times
-        the copy). The spare is reused while the number of rows stays the same.
+        the copy). Both buffers keep the largest row count seen; fewer rows use a leading slice.
         """
         rows = index.shape[0]
         spare = self._spare
-        if spare is None or spare[0].shape[1] != rows:
+        if spare is None or spare[0].shape[1] < rows:
             shape = (self.keys.shape[0], rows, *self.keys.shape[2:])
             spare = (self.keys.new_zeros(shape), self.values.new_zeros(shape))
         filled = slice(0, self.length)
-        torch.index_select(self.keys[:, :, :, filled], 1, index, out=spare[0][:, :, :, filled])
-        torch.index_select(self.values[:, :, :, filled], 1, index, out=spare[1][:, :, :, filled])
-        self._spare = (self.keys, self.values) if self.keys.shape[1] == rows else None
-        self.keys, self.values = spare
+        keys, values = spare[0][:, :rows], spare[1][:, :rows]
+        torch.index_select(self.keys[:, :, :, filled], 1, index, out=keys[:, :, :, filled])
+        torch.index_select(self.values[:, :, :, filled], 1, index, out=values[:, :, :, filled])
+        self._spare = self._buffers
+        self._buffers = spare
+        self.keys, self.values = keys, values
 
 
 class CausalSelfAttention(nn.Module):
