@@ -87,11 +87,11 @@ class MiniReport:
     stages_s: dict[str, float] = field(default_factory=dict)
     load_before: tuple[float, ...] = ()
     loads: list[float] = field(default_factory=list)  # 1-minute load average at the end of every stage
+    pretraining: dict[str, Any] = field(default_factory=dict)
 
     def stage_done(self, name: str, seconds: float) -> None:
         self.stages_s[name] = seconds
         self.loads.append(os.getloadavg()[0])
-    pretraining: dict[str, Any] = field(default_factory=dict)
 
 
 def stage_config(stage: str, overrides: list[str], *extra: str) -> DictConfig:

@@ -30,20 +30,22 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from nola.bench.timing import ratio, summarize, time_alternating
 from nola.decode import beam_search
+from nola.decode.config import PAPER_SETTINGS
 from nola.errors import NolaError
 from nola.model import GPT2, GPT2Config, init_gpt2, to_hf_state_dict
 from nola.model.loading import hf_config_dict
 
 FLOOR = "vocab projection floor"
 TRAINED_BASE = Path(".cache/mini-base")  # written by `make mini` (nola.mini)
-PAPER = dict(beam=10, length_penalty=0.8, no_repeat_ngram_size=4, repetition_penalty=1.0, max_new_tokens=64)
-EOS_IDS = (50256, 628)
+PAPER = {key: value for key, value in asdict(PAPER_SETTINGS).items() if key != "eos_ids"}
+EOS_IDS = PAPER_SETTINGS.eos_ids
 E2E_CONTEXT_LENGTHS = (24, 25, 26, 27, 28, 29, 30, 32)  # with the bos; around the E2E train median of 28
 
 

@@ -216,10 +216,7 @@ def _decode(result: dict) -> list[str]:
              f"{settings['beam']}, length penalty {settings['length_penalty']}, no-repeat n-gram "
              f"{settings['no_repeat_ngram_size']}, up to {settings['max_new_tokens']} new tokens, eos "
              f"{settings['eos_ids']}; {result['threads']} torch threads.", "",
-             "| contender | median s | min s | generated tokens | tokens/s |", "|---|---:|---:|---:|---:|"]
-    for name, row in result["contenders"].items():
-        lines.append(f"| {name} | {row['median_s']:.3f} | {row['min_s']:.3f} | {row['generated_tokens']} | "
-                     f"{row['tokens_per_s']:.1f} |")
+             *_decoder_rows(result["contenders"])]
     floor = result.get("vocab_projection_floor")
     if floor:
         lines.append(f"| *vocab projection floor* | {floor['median_s']:.3f} | {floor['min_s']:.3f} | – | – |")
@@ -243,12 +240,15 @@ def _trained_decode(trained: dict | None) -> list[str]:
     lines += [f"`{trained['model']}` ({trained['data']}: {trained['prompts']} contexts in one batch), the same settings; "
               f"{trained['threads']} torch threads. Hypotheses end here, so the two algorithms stop at different "
               "steps: LoRA's search (ours, exactly) only once no live beam can still win, generate() when its "
-              "heuristic says so.", "",
-              "| contender | median s | min s | generated tokens | tokens/s |", "|---|---:|---:|---:|---:|"]
-    for name, row in trained["contenders"].items():
-        lines.append(f"| {name} | {row['median_s']:.3f} | {row['min_s']:.3f} | {row['generated_tokens']} | "
-                     f"{row['tokens_per_s']:.1f} |")
+              "heuristic says so.", "", *_decoder_rows(trained["contenders"])]
     return lines + ["", f"- ours / transformers tokens/s: ×{_num(trained['speedup'])}", ""]
+
+
+def _decoder_rows(contenders: dict) -> list[str]:
+    """The table of one decode race: header, then a row per contender."""
+    return ["| contender | median s | min s | generated tokens | tokens/s |", "|---|---:|---:|---:|---:|",
+            *(f"| {name} | {row['median_s']:.3f} | {row['min_s']:.3f} | {row['generated_tokens']} | "
+              f"{row['tokens_per_s']:.1f} |" for name, row in contenders.items())]
 
 
 def _gpu(result: dict) -> list[str]:

@@ -1,9 +1,9 @@
 """Decoding: LoRA-semantics beam search (`beam`), a split to hypothesis files (`hypotheses`), the
 Hydra entry point (`cli`, `python -m nola.decode`) and the `decode` config schema (`config`)."""
 
-from nola.decode.beam import BeamHypothesis, SearchSettings, beam_search, search
-from nola.decode.config import DecodeConfig
-from nola.decode.hypotheses import Hypothesis, decode_split, hypothesis_text, search_settings, write_hypotheses
+from nola.decode.beam import BeamHypothesis, beam_search, search
+from nola.decode.config import DecodeConfig, SearchSettings, search_settings
+from nola.decode.hypotheses import Hypothesis, decode_split, hypothesis_text, write_hypotheses
 
 __all__ = [
     "BeamHypothesis",

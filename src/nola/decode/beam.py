@@ -32,13 +32,13 @@ before decoding: a merged model runs at the base model's speed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from nola.decode.config import PAPER_SETTINGS, SearchSettings
 from nola.errors import NolaError
 
 NEG_INF = float("-inf")
@@ -54,28 +54,16 @@ class BeamHypothesis:
     finished: bool
 
 
-@dataclass(frozen=True)
-class SearchSettings:
-    """The beam-search hyper-parameters (DESIGN.md §3; defaults are the paper scripts')."""
-
-    beam: int = 10
-    length_penalty: float = 0.8
-    no_repeat_ngram_size: int = 4
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 64
-    eos_ids: tuple[int, ...] = (50256, 628)
-
-
 def beam_search(
     model,
     prompts: Sequence[Sequence[int]],
     *,
-    beam: int = 10,
-    length_penalty: float = 0.8,
-    no_repeat_ngram_size: int = 4,
-    repetition_penalty: float = 1.0,
-    max_new_tokens: int = 64,
-    eos_ids: Sequence[int] = (50256, 628),
+    beam: int = PAPER_SETTINGS.beam,
+    length_penalty: float = PAPER_SETTINGS.length_penalty,
+    no_repeat_ngram_size: int = PAPER_SETTINGS.no_repeat_ngram_size,
+    repetition_penalty: float = PAPER_SETTINGS.repetition_penalty,
+    max_new_tokens: int = PAPER_SETTINGS.max_new_tokens,
+    eos_ids: Sequence[int] = PAPER_SETTINGS.eos_ids,
     batch_size: int = 16,
     progress: bool = False,
 ) -> list[list[int]]:
@@ -118,20 +106,13 @@ def search(
 
 
 def check_inputs(config, prompts: Sequence[Sequence[int]], settings: SearchSettings, batch_size: int) -> None:
-    """Raise a NolaError naming the bad setting or prompt (see `nola/decode/config.py`)."""
+    """Raise a NolaError naming the setting or prompt that does not fit the model (the settings'
+    own ranges are checked when `SearchSettings` is built, in `nola/decode/config.py`)."""
     vocab, window = config.vocab_size, config.n_positions
-    if not 1 <= settings.beam <= vocab:
+    if settings.beam > vocab:
         raise NolaError(f"decode.beam={settings.beam} must be between 1 and the vocabulary size {vocab}")
-    if settings.max_new_tokens < 1:
-        raise NolaError(f"decode.max_new_tokens={settings.max_new_tokens} must be at least 1")
     if batch_size < 1:
         raise NolaError(f"decode.batch_size={batch_size} must be at least 1")
-    if settings.no_repeat_ngram_size < 0:
-        raise NolaError(f"decode.no_repeat_ngram_size={settings.no_repeat_ngram_size} must be >= 0 (0 disables)")
-    if not settings.repetition_penalty > 0:
-        raise NolaError(f"decode.repetition_penalty={settings.repetition_penalty} must be > 0 (1.0 disables)")
-    if not math.isfinite(settings.length_penalty):
-        raise NolaError(f"decode.length_penalty={settings.length_penalty} must be a finite number")
     for eos in settings.eos_ids:
         if not 0 <= eos < vocab:
             raise NolaError(f"decode.eos_ids contains {eos}, outside the model's vocabulary [0, {vocab})")
@@ -228,7 +209,7 @@ def _search_batch(model, prompts: list[list[int]], settings: SearchSettings) -> 
         live = torch.isfinite(scores).view(-1).nonzero().squeeze(1)
         cache.reorder(parent_rows[live])
         generated = torch.ones(live.shape[0], length, dtype=torch.bool, device=device)
-        mask = torch.cat([prompt_mask[active].repeat_interleave(K, dim=0)[live], generated], dim=1)
+        mask = torch.cat([prompt_mask[active[live // K]], generated], dim=1)
         logits = model(history[live, -1:], attention_mask=mask, cache=cache, only_last=True)[:, -1]
         live_log_probs, live_tokens = _top_log_probs(_penalize(logits, history[live], settings), K)
         log_probs = live_log_probs.new_full((A * K, K), NEG_INF).index_copy_(0, live, live_log_probs)

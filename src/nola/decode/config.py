@@ -9,12 +9,44 @@ Hu et al. (ICLR 2022) Table 11 lists length penalty 0.9 for E2E; the released co
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 from nola.errors import NolaError
 
 PAPER_EOS_IDS = (50256, 628)  # <|endoftext|> and "\n\n"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The beam-search hyper-parameters (DESIGN.md §3; defaults are the paper scripts', see above).
+
+    Construction checks what needs no model; `nola.decode.beam.check_inputs` adds the model's
+    vocabulary and context window.
+    """
+
+    beam: int = 10
+    length_penalty: float = 0.8
+    no_repeat_ngram_size: int = 4
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 64
+    eos_ids: tuple[int, ...] = PAPER_EOS_IDS
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise NolaError(f"decode.beam={self.beam} must be between 1 and the model's vocabulary size")
+        if self.max_new_tokens < 1:
+            raise NolaError(f"decode.max_new_tokens={self.max_new_tokens} must be at least 1")
+        if self.no_repeat_ngram_size < 0:
+            raise NolaError(f"decode.no_repeat_ngram_size={self.no_repeat_ngram_size} must be >= 0 (0 disables)")
+        if not self.repetition_penalty > 0:
+            raise NolaError(f"decode.repetition_penalty={self.repetition_penalty} must be > 0 (1.0 disables)")
+        if not math.isfinite(self.length_penalty):
+            raise NolaError(f"decode.length_penalty={self.length_penalty} must be a finite number")
+
+
+PAPER_SETTINGS = SearchSettings()
 
 
 @dataclass
@@ -33,27 +65,32 @@ class DecodeConfig:
     out_dir: where hypotheses go (null: the Hydra run directory).
     """
 
-    beam: int = 10
-    length_penalty: float = 0.8
-    no_repeat_ngram_size: int = 4
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 64
-    eos_ids: list[int] = field(default_factory=lambda: list(PAPER_EOS_IDS))
+    beam: int = PAPER_SETTINGS.beam
+    length_penalty: float = PAPER_SETTINGS.length_penalty
+    no_repeat_ngram_size: int = PAPER_SETTINGS.no_repeat_ngram_size
+    repetition_penalty: float = PAPER_SETTINGS.repetition_penalty
+    max_new_tokens: int = PAPER_SETTINGS.max_new_tokens
+    eos_ids: list[int] = field(default_factory=lambda: list(PAPER_SETTINGS.eos_ids))
     batch_size: int = 16
     split: str = "test"
     adapter_dir: Optional[str] = None
     out_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
-        checks = {
-            "beam": self.beam >= 1,
-            "max_new_tokens": self.max_new_tokens >= 1,
-            "batch_size": self.batch_size >= 1,
-            "no_repeat_ngram_size": self.no_repeat_ngram_size >= 0,
-            "repetition_penalty": self.repetition_penalty > 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise NolaError(f"decode.{key}={getattr(self, key)!r} is out of range; see nola/decode/config.py")
+        search_settings(self)  # raises on a bad search setting
+        if self.batch_size < 1:
+            raise NolaError(f"decode.batch_size={self.batch_size} must be at least 1")
         if self.split not in ("train", "valid", "test"):
             raise NolaError(f"decode.split={self.split!r}; choose valid or test")
+
+
+def search_settings(decode_cfg) -> SearchSettings:
+    """The beam-search settings of a `decode` config (DecodeConfig or its Hydra node)."""
+    return SearchSettings(
+        beam=int(decode_cfg.beam),
+        length_penalty=float(decode_cfg.length_penalty),
+        no_repeat_ngram_size=int(decode_cfg.no_repeat_ngram_size),
+        repetition_penalty=float(decode_cfg.repetition_penalty),
+        max_new_tokens=int(decode_cfg.max_new_tokens),
+        eos_ids=tuple(int(i) for i in decode_cfg.eos_ids),
+    )

@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from nola.data import TokenLayout
 from nola.data.files import render_lines, write_text_atomic
-from nola.decode.beam import SearchSettings, search
+from nola.decode.beam import search
+from nola.decode.config import search_settings
 from nola.errors import NolaError
 
 ENDOFTEXT = "<|endoftext|>"
@@ -44,18 +45,6 @@ class Hypothesis:
     score: float | None
     finished: bool
     text: str
-
-
-def search_settings(decode_cfg) -> SearchSettings:
-    """The beam-search settings of a `decode` config (DecodeConfig or its Hydra node)."""
-    return SearchSettings(
-        beam=int(decode_cfg.beam),
-        length_penalty=float(decode_cfg.length_penalty),
-        no_repeat_ngram_size=int(decode_cfg.no_repeat_ngram_size),
-        repetition_penalty=float(decode_cfg.repetition_penalty),
-        max_new_tokens=int(decode_cfg.max_new_tokens),
-        eos_ids=tuple(int(i) for i in decode_cfg.eos_ids),
-    )
 
 
 def hypothesis_text(tokenizer, tokens: list[int]) -> str:
