@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from nola.adapters import AdapterConfig, inject_adapters
@@ -18,19 +19,22 @@ from nola.model import GPT2Config, init_gpt2
 VOCAB = 512  # a small vocabulary keeps the tiny GPT-2 cheap; adapters do not touch it
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG = AdapterConfig(kind="nola", rank=4, num_basis_a=32, num_basis_b=16, targets=["q", "v"], modules=["c_attn", "mlp.c_fc"])
+CONFIG = AdapterConfig(kind="nola", rank=4, num_basis_a=32, num_basis_b=16, targets=["q", "v"], modules=["c_attn", "mlp.c_fc"],
+                       init="paper")
 
 
-def nola_tiny(dtype=torch.float32, cache_bases=True):
+def nola_tiny(dtype=torch.float32, cache_bases=True, init="paper"):
     model = init_gpt2(GPT2Config.named("tiny", vocab_size=VOCAB), 0).to(dtype)
-    inject_adapters(model, AdapterConfig(**{**CONFIG.to_dict(), "cache_bases": cache_bases}))
+    inject_adapters(model, AdapterConfig(**{**CONFIG.to_dict(), "cache_bases": cache_bases, "init": init}))
     return model
 
 
 def bases_digest(model) -> str:
     digest = hashlib.sha256()
     for name, slot in sorted(nola_slots(model).items()):
-        for tensor in (slot.offset_A, slot.basis_A, slot.basis_B):
+        for tensor in (slot.offset_A, slot.offset_B, slot.basis_A, slot.basis_B):
+            if tensor is None:
+                continue
             digest.update(name.encode())
             digest.update(tensor.float().numpy().tobytes())
     return digest.hexdigest()
@@ -51,13 +55,14 @@ def test_bases_follow_the_reference_codes_draw():
     assert offset.abs().max() <= 1 / 8
 
 
-def test_same_seed_gives_identical_bases_in_another_process():
+@pytest.mark.parametrize("init", ["paper", "reference"])
+def test_same_seed_gives_identical_bases_in_another_process(init):
     script = (
         "import sys; sys.path.insert(0, 'tests');"
-        "from test_adapters_bases import nola_tiny, bases_digest; print(bases_digest(nola_tiny()))"
+        f"from test_adapters_bases import nola_tiny, bases_digest; print(bases_digest(nola_tiny(init={init!r})))"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
-    assert result.stdout.strip() == bases_digest(nola_tiny())
+    assert result.stdout.strip() == bases_digest(nola_tiny(init=init))
 
 
 def test_different_matrices_get_different_seeds_and_bases():
@@ -74,15 +79,17 @@ def test_different_matrices_get_different_seeds_and_bases():
     assert derive_seed(1, "x", "basis_A") != derive_seed(0, "x", "basis_A")
 
 
-def test_bases_identical_in_float32_and_bf16_models():
-    full, half = nola_tiny(torch.float32), nola_tiny(torch.bfloat16)
+@pytest.mark.parametrize("init", ["paper", "reference"])
+def test_bases_identical_in_float32_and_bf16_models(init):
+    full, half = nola_tiny(torch.float32, init=init), nola_tiny(torch.bfloat16, init=init)
+    buffers = ("offset_A", "basis_A", "basis_B") + (("offset_B",) if init == "reference" else ())
     for name, slot in nola_slots(half).items():
         reference = nola_slots(full)[name]
         assert slot.basis_A.dtype == torch.bfloat16
-        for buffer in ("offset_A", "basis_A", "basis_B"):
+        for buffer in buffers:
             assert torch.equal(getattr(slot, buffer), getattr(reference, buffer).to(torch.bfloat16)), (name, buffer)
     # a cast down and back rebuilds from float32 instead of keeping bf16-rounded bases
-    roundtrip = nola_tiny(torch.float32).to(torch.bfloat16).to(torch.float32)
+    roundtrip = nola_tiny(torch.float32, init=init).to(torch.bfloat16).to(torch.float32)
     assert bases_digest(roundtrip) == bases_digest(full)
 
 

@@ -87,7 +87,9 @@ def test_adapter_file_holds_exactly_the_trained_tensors(tmp_path, config, expect
         slots = {f"transformer.h.{i}.{m}.adapter.{s}" for i in range(2) for m in ("mlp.c_fc", "mlp.c_proj") for s in "w"}
         slots |= {f"transformer.h.{i}.attn.c_attn.adapter.{s}" for i in range(2) for s in config.get("targets", "qv")}
         assert set(document["seeds"]) == slots
-        assert all(set(seeds) == {"offset_A", "basis_A", "basis_B"} for seeds in document["seeds"].values())
+        roles = {"offset_A", "offset_B", "basis_A", "basis_B"} if config.get("init", "reference") == "reference" else {
+            "offset_A", "basis_A", "basis_B"}
+        assert all(set(seeds) == roles for seeds in document["seeds"].values())
     else:
         assert document["seeds"] == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.safetensors", "adapter_config.json"]
@@ -114,7 +116,7 @@ def test_load_into_a_model_with_the_same_adapter_already_injected(tmp_path):
 
 
 def test_recorded_seeds_are_the_ones_used(tmp_path):
-    save(trained(NOLA), tmp_path)
+    save(trained(dict(NOLA, init="paper")), tmp_path)  # paper init: bases per layer
     path = tmp_path / "adapter_config.json"
     document = json.loads(path.read_text())
     name = "transformer.h.1.mlp.c_fc.adapter.w"
@@ -124,6 +126,43 @@ def test_recorded_seeds_are_the_ones_used(tmp_path):
     load_adapter(restored, tmp_path)
     slot = nola_slots(restored)[name]
     assert torch.equal(slot.basis_B, random_basis(4242, 20, 256 * 4))
+    assert not torch.equal(nola_slots(restored)["transformer.h.0.mlp.c_fc.adapter.w"].basis_B, slot.basis_B)
+
+
+def test_recorded_seeds_of_a_shared_basis_must_agree(tmp_path):
+    save(trained(NOLA), tmp_path)  # reference init: one basis per slot kind, shared by both layers
+    path = tmp_path / "adapter_config.json"
+    document = json.loads(path.read_text())
+    names = [f"transformer.h.{i}.mlp.c_fc.adapter.w" for i in range(2)]
+    document["seeds"][names[1]]["basis_B"] = 4242
+    path.write_text(json.dumps(document))
+    with pytest.raises(NolaError, match="shared basis"):
+        load_adapter(tiny(), tmp_path)
+    document["seeds"][names[0]]["basis_B"] = 4242
+    path.write_text(json.dumps(document))
+    restored = tiny()
+    load_adapter(restored, tmp_path)
+    for name in names:
+        assert torch.equal(nola_slots(restored)[name].basis_B, random_basis(4242, 20, 256 * 4))
+
+
+def test_an_adapter_saved_before_init_existed_loads_as_paper_init(tmp_path):
+    """adapter_config.json files written before `adapter.init` carry no init key: they are paper-init
+    adapters, and load as such, or are refused by a model built with the reference init."""
+    model = trained(dict(NOLA, init="paper"))
+    save(model, tmp_path)
+    path = tmp_path / "adapter_config.json"
+    document = json.loads(path.read_text())
+    del document["adapter"]["init"]
+    path.write_text(json.dumps(document))
+    restored = tiny()
+    assert load_adapter(restored, tmp_path).init == "paper"
+    assert torch.equal(restored(TOKENS), model(TOKENS))
+    built_reference = tiny()
+    inject_adapters(built_reference, AdapterConfig(**NOLA))
+    with pytest.raises(NolaError, match="adapter.init=paper") as err:
+        load_adapter(built_reference, tmp_path)
+    assert "rerun with adapter.init=paper" in str(err.value)
 
 
 @pytest.mark.parametrize("bits", range(2, 9))

@@ -49,14 +49,20 @@ def randomize_adapters(model, seed: int = 1, std: float = 0.3) -> None:
 TOKENS = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(5))
 
 
-@pytest.mark.parametrize("cache_bases", [True, False])
-def test_nola_coefficient_gradients_equal_autograd_through_dense_reconstruction(cache_bases):
-    model = adapted(**NOLA_MLP, targets=["q", "v"], cache_bases=cache_bases).double()
+def reference_offset(seed: int, shape) -> torch.Tensor:
+    """model_nola.py's _init_weights on NOLALinear.weight: normal_(0, 0.02), drawn from the recorded seed."""
+    return torch.empty(shape).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed)).double()
+
+
+@pytest.mark.parametrize(("cache_bases", "init"), [(True, "reference"), (False, "reference"), (True, "paper")])
+def test_nola_coefficient_gradients_equal_autograd_through_dense_reconstruction(cache_bases, init):
+    model = adapted(**NOLA_MLP, targets=["q", "v"], cache_bases=cache_bases, init=init).double()
     randomize_adapters(model)
     weights = torch.randn(2, 6, VOCAB, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     (model(TOKENS) * weights).sum().backward()
 
-    # The explicit formula: W' = W + (α/r)·B·A, A = A0 + Σᵢ αᵢAᵢ, B = Σⱼ βⱼBⱼ, bases summed one by one.
+    # The explicit formula: W' = W + (α/r)·B·A, A = A0 + Σᵢ αᵢAᵢ, B = B0 + Σⱼ βⱼBⱼ, bases summed one by
+    # one; reference init: A0, B0 ~ N(0, 0.02) from their seeds; paper init: A0 as stored, B0 = 0.
     leaves = {name: param.detach().clone().requires_grad_(True) for name, param in adapter_params(model).items()}
     dense = {}
     for layer_name, layer in adapted_layers(model):
@@ -67,10 +73,14 @@ def test_nola_coefficient_gradients_equal_autograd_through_dense_reconstruction(
             rank, d_in = slot.shape_A
             bases_a = random_basis(slot.seeds["basis_A"], slot.nola_coef_A.numel(), rank * d_in).double()
             bases_b = random_basis(slot.seeds["basis_B"], slot.nola_coef_B.numel(), slot.shape_B[0] * rank).double()
-            a = slot.offset_A.detach().clone()
+            if init == "reference":
+                a = reference_offset(slot.seeds["offset_A"], slot.shape_A)
+                b = reference_offset(slot.seeds["offset_B"], slot.shape_B)
+            else:
+                a = slot.offset_A.detach().clone()
+                b = torch.zeros(slot.shape_B, dtype=torch.float64)
             for coefficient, basis in zip(leaves[f"{prefix}.nola_coef_A"], bases_a):
                 a = a + coefficient * basis.view(slot.shape_A)
-            b = torch.zeros(slot.shape_B, dtype=torch.float64)
             for coefficient, basis in zip(leaves[f"{prefix}.nola_coef_B"], bases_b):
                 b = b + coefficient * basis.view(slot.shape_B)
             delta = torch.zeros_like(weight)
@@ -105,7 +115,7 @@ def test_base_weights_bitwise_unchanged_after_optimizer_steps():
 NOLA_QKV_PROJ = dict(NOLA_MLP, targets=["q", "k", "v"], modules=["c_attn", "attn.c_proj"])
 
 
-@pytest.mark.parametrize("config", [NOLA_MLP, NOLA_QKV_PROJ, LORA_QV])
+@pytest.mark.parametrize("config", [dict(NOLA_MLP, init="paper"), dict(NOLA_QKV_PROJ, init="paper"), LORA_QV])
 def test_zero_initialised_adapters_leave_logits_unchanged(config):
     expected = tiny()(TOKENS)
     assert torch.equal(adapted(**config)(TOKENS), expected)

@@ -125,8 +125,8 @@ def test_quick_adapter_step_contenders_agree_with_the_reference(quick_run):
         assert set(shape[scope]["contenders"]) == {"lora", "nola_cached", "nola_regenerated", "nola_reference"}
         assert all(value > 0 for value in shape[scope]["ratios"].values())
     assert shape["max_abs_output_difference_nola_vs_reference"] < 1e-5
-    # tiny shape: 2 slots × (32 bases × 4·64 entries for A + 32 × 64·4 for B + A0 4·64), float32
-    assert shape["basis_cache_bytes_per_layer"] == 2 * (32 * 256 + 32 * 256 + 256) * 4
+    # tiny shape: 2 slots × (32 bases × 4·64 entries for A + 32 × 64·4 for B + A0 4·64 + B0 64·4), float32
+    assert shape["basis_cache_bytes_per_layer"] == 2 * (32 * 256 + 32 * 256 + 256 + 256) * 4
     assert shape["trainable"] == {"lora": 2 * (4 * 64 + 64 * 4), "nola_cached": 128, "nola_regenerated": 128,
                                   "nola_reference": 128}
 

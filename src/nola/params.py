@@ -18,6 +18,7 @@ import sys
 import torch
 
 from nola.adapters import AdapterConfig, adapter_file_bytes, as_adapter_config, count_trainable, inject_adapters
+from nola.adapters.inject import basis_cache_bytes
 from nola.errors import exit_on_user_error
 from nola.model import GPT2, GPT2Config
 
@@ -25,11 +26,16 @@ USAGE = "usage: python -m nola.params model=<name> adapter=<name> [hydra overrid
 
 
 def count_adapter(model_name: str, adapter: AdapterConfig) -> dict[str, int]:
-    """{"trainable": N, "adapter_file_bytes": B} for GPT-2 `model_name` adapted by `adapter`."""
+    """{"trainable": N, "adapter_file_bytes": B, "basis_cache_bytes": C} for GPT-2 `model_name`
+    adapted by `adapter` (C: the float32 NOLA bases held in memory while training and merging)."""
     with torch.device("meta"):
         model = GPT2(GPT2Config.named(model_name))
     inject_adapters(model, adapter)
-    return {"trainable": count_trainable(model), "adapter_file_bytes": adapter_file_bytes(model, adapter.quant_bits)}
+    return {
+        "trainable": count_trainable(model),
+        "adapter_file_bytes": adapter_file_bytes(model, adapter.quant_bits),
+        "basis_cache_bytes": basis_cache_bytes(model),
+    }
 
 
 @exit_on_user_error

@@ -1,12 +1,15 @@
 """NOLA's frozen random bases: derived seeds, device-independent generation, coefficient mixing.
 
-NOLA (Koohpayegani et al., ICLR 2024, §3) writes A = A0 + Σᵢ αᵢAᵢ and B = Σⱼ βⱼBⱼ. The reference
-code (UCDvision/NOLA `gpt/src/model_nola.py`) draws the bases with `torch.manual_seed(seed)` +
-`uniform_(-1, 1)` on the coefficients' device and dtype, scaled by 1/√(number of bases), and the
-offset A0 with LoRA's `kaiming_uniform_(a=√5)`, i.e. U(−1/√d_in, 1/√d_in). Here the same
-distributions come from a private CPU `torch.Generator` in float32, then are moved and cast, so a
-seed means the same bases on every device and in every dtype, and the global RNG is never touched.
-(On CPU the result equals the reference's draw for the same seed: both use torch's mt19937.)
+NOLA (Koohpayegani et al., ICLR 2024, §3) writes A = A0 + Σᵢ αᵢAᵢ and B = B0 + Σⱼ βⱼBⱼ. The
+reference code (UCDvision/NOLA `gpt/examples/NLG/src/model_nola.py`) draws the bases with
+`torch.manual_seed(seed)` + `uniform_(-1, 1)` on the coefficients' device and dtype, scaled by
+1/√(number of bases). Its README's method initialises A0 with LoRA's `kaiming_uniform_(a=√5)`,
+i.e. U(−1/√d_in, 1/√d_in), and B0 = 0 (`random_offset`, adapter.init=paper); what its GPT-2 code
+runs is A0, B0 ~ N(0, 0.02) (`normal_offset`, adapter.init=reference; see nola.adapters.config).
+Here the same distributions come from a private CPU `torch.Generator` in float32, then are moved
+and cast, so a seed means the same bases on every device and in every dtype, and the global RNG
+is never touched. (On CPU the result equals the reference's draw for the same seed: both use
+torch's mt19937.)
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ def random_offset(seed: int, rows: int, cols: int) -> torch.Tensor:
     """NOLA's frozen A0 (rows × cols): LoRA's kaiming_uniform(a=√5) init, U(−1/√cols, 1/√cols), float32."""
     bound = 1.0 / math.sqrt(cols)
     return torch.empty(rows, cols, dtype=torch.float32).uniform_(-bound, bound, generator=cpu_generator(seed))
+
+
+REFERENCE_INIT_STD = 0.02  # model_nola.py GPT2LMModel._init_weights: normal_(mean=0.0, std=0.02)
+
+
+def normal_offset(seed: int, rows: int, cols: int) -> torch.Tensor:
+    """A frozen offset (rows × cols) as the reference GPT-2 code leaves it: N(0, 0.02), float32."""
+    return torch.empty(rows, cols, dtype=torch.float32).normal_(0.0, REFERENCE_INIT_STD, generator=cpu_generator(seed))
 
 
 class RegeneratedMix(torch.autograd.Function):

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from nola.adapters.config import AdapterConfig, as_adapter_config
+from nola.adapters.config import LEGACY_NOLA_INIT, AdapterConfig, as_adapter_config
 from nola.adapters.inject import (
     adapter_config_of,
     adapter_params,
@@ -166,6 +166,12 @@ def load_adapter(model: nn.Module, directory: str | Path) -> AdapterConfig:
     current = getattr(model, "adapter_config", None)
     if current is None:
         inject_adapters(model, config)
+    elif current.kind == config.kind == "nola" and current.init != config.init:
+        raise NolaError(
+            f"{config_path}: this NOLA adapter was trained with adapter.init={config.init} (files written before "
+            f"the init setting existed are {LEGACY_NOLA_INIT}), the model is built with adapter.init={current.init}; "
+            f"rerun with adapter.init={config.init}"
+        )
     elif not current.same_structure(config):
         raise NolaError(f"{config_path}: adapter config {config.to_dict()} differs from the model's {current.to_dict()}")
     _apply_seeds(model, document["seeds"], config_path)
@@ -174,8 +180,12 @@ def load_adapter(model: nn.Module, directory: str | Path) -> AdapterConfig:
 
 
 def _saved_config(document: dict, config_path: Path) -> AdapterConfig:
+    """The saved adapter config; a NOLA file without `init` predates that setting and is `paper`."""
+    saved = dict(document["adapter"]) if isinstance(document["adapter"], dict) else document["adapter"]
+    if isinstance(saved, dict) and saved.get("kind") == "nola" and "init" not in saved:
+        saved["init"] = LEGACY_NOLA_INIT
     try:
-        return as_adapter_config(dict(document["adapter"]))
+        return as_adapter_config(saved)
     except NolaError as err:
         raise NolaError(f"{config_path}: {err}") from None
     except TypeError as err:
@@ -192,6 +202,9 @@ def _apply_seeds(model: nn.Module, saved: dict, config_path: Path) -> None:
             slot.set_seeds(saved[name])
         except NolaError as err:
             raise NolaError(f"{config_path}: seeds of {name}: {err}") from None
+    for name, slot in slots.items():  # a basis shared by several slots can hold one seed only
+        if slot.seeds != {role: int(seed) for role, seed in saved[name].items()}:
+            raise NolaError(f"{config_path}: seeds of {name} conflict with another slot's seeds for their shared basis")
 
 
 def _copy_tensors(model: nn.Module, path: Path, bits: int | None) -> None:

@@ -7,6 +7,17 @@ Hyper-parameters follow the papers' GPT-2 scripts:
   same ΔW with A = A0 + Σᵢ αᵢAᵢ and B = Σⱼ βⱼBⱼ over frozen random bases; GPT-2 M: rank 8, α 8,
   512 bases for A and for B; GPT-2 L: 256 bases, α 2. The paper's MLP variant adapts `mlp.c_fc` and
   `mlp.c_proj` too (`modules`).
+
+NOLA's initialisation (`init`):
+- `reference`, what UCDvision/NOLA `gpt/examples/NLG/src/model_nola.py` actually runs and the
+  paper's numbers come from: `GPT2LMModel.__init__` applies `_init_weights` after the adapters are
+  built and `NOLALinear` subclasses `nn.Linear`, so the frozen offsets A0 and B0 are N(0, 0.02)
+  (B = B0 + Σⱼ βⱼBⱼ, ΔW ≠ 0 at the start); the block is built once and deep-copied for every layer,
+  so every layer uses the same bases (one set each for q-A, q-B, v-A, v-B). Here A0 and B0 are
+  drawn per layer from recorded seeds, and the shared bases are held once in memory.
+- `paper`, the method as the paper and its README write it: A0 = LoRA's kaiming-uniform init,
+  B0 = 0 (ΔW = 0 at the start), bases drawn per layer. Adapters saved before `init` existed are
+  `paper` adapters.
 """
 
 from __future__ import annotations
@@ -17,6 +28,8 @@ from typing import Any, Optional
 from nola.errors import NolaError
 
 KINDS = ("none", "lora", "nola", "full")
+NOLA_INITS = ("reference", "paper")
+LEGACY_NOLA_INIT = "paper"  # what an adapter file without an `init` key was trained with
 QKV_SLOTS = ("q", "k", "v")  # row blocks of GPT-2's fused c_attn: [0:d] q, [d:2d] k, [2d:3d] v
 MODULE_PATHS = {  # config name -> path inside a transformer block
     "c_attn": "attn.c_attn",
@@ -25,7 +38,7 @@ MODULE_PATHS = {  # config name -> path inside a transformer block
     "mlp.c_proj": "mlp.c_proj",
 }
 # Fields that change what the adapter tensors are; the rest (dropout, caching, quantization) do not.
-STRUCTURAL_FIELDS = ("kind", "rank", "alpha", "targets", "modules", "num_basis_a", "num_basis_b", "base_seed")
+STRUCTURAL_FIELDS = ("kind", "rank", "alpha", "targets", "modules", "num_basis_a", "num_basis_b", "base_seed", "init")
 
 
 @dataclass
@@ -39,6 +52,7 @@ class AdapterConfig:
     modules: which projections are adapted: c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj.
     num_basis_a, num_basis_b: NOLA's k bases for A and l bases for B (k + l trainable per matrix).
     base_seed: the seed every NOLA basis (and LoRA's A init) is derived from, with the module name.
+    init: NOLA's frozen offsets and basis sharing, reference or paper (see the module docstring).
     cache_bases: keep NOLA's bases in memory (fast); False regenerates them in every forward and
         backward (saves (k + l)·r·d values per adapted matrix).
     quant_bits: store NOLA coefficients as quant_bits-bit integers (NOLA §4, Table 4); None = float.
@@ -53,6 +67,7 @@ class AdapterConfig:
     num_basis_a: int = 512
     num_basis_b: int = 512
     base_seed: int = 0
+    init: str = "reference"
     cache_bases: bool = True
     quant_bits: Optional[int] = None
 
@@ -87,6 +102,8 @@ class AdapterConfig:
             if len(set(self.targets)) != len(self.targets):
                 raise NolaError(f"adapter.targets={self.targets} lists a slot twice")
         if self.kind == "nola":
+            if self.init not in NOLA_INITS:
+                raise NolaError(f"adapter.init={self.init!r} is unknown; use one of {', '.join(NOLA_INITS)}")
             for key in ("num_basis_a", "num_basis_b"):
                 if getattr(self, key) < 1:
                     raise NolaError(f"adapter.{key}={getattr(self, key)}: NOLA needs at least one basis")
@@ -111,8 +128,10 @@ class AdapterConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def same_structure(self, other: AdapterConfig) -> bool:
-        """True when both configs define the same adapter tensors and the same function."""
-        return all(getattr(self, key) == getattr(other, key) for key in STRUCTURAL_FIELDS)
+        """True when both configs define the same adapter tensors and the same function (`init`
+        matters for NOLA only)."""
+        keys = [key for key in STRUCTURAL_FIELDS if key != "init" or self.kind == "nola"]
+        return all(getattr(self, key) == getattr(other, key) for key in keys)
 
 
 def as_adapter_config(config: Any) -> AdapterConfig:

@@ -5,7 +5,9 @@
 an enable mask as in microsoft/LoRA's MergedLinear; the single block "w" elsewhere). A slot only
 supplies its factors A (r × d_in) and B (d_out × r):
 - `LoraSlot` (Hu et al., 2022): A and B are the parameters; A ~ kaiming_uniform(a=√5), B = 0.
-- `NolaSlot` (Koohpayegani et al., 2024, §3): A = A0 + Σᵢ αᵢAᵢ, B = Σⱼ βⱼBⱼ; only α, β train.
+- `NolaSlot` (Koohpayegani et al., 2024, §3): A = A0 + Σᵢ αᵢAᵢ, B = B0 + Σⱼ βⱼBⱼ; only α, β
+  train. The bases live in `FrozenBasis` modules, which several slots may share (adapter.init=
+  reference: one set for every layer, as the reference code's deep-copied block has).
 The forward is the low-rank path x·Aᵀ·Bᵀ (ΔW is never materialised in training); `merge()` folds
 ΔW into the base weight for inference and `unmerge()` takes it out again.
 """
@@ -16,10 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nola.adapters.bases import mix, random_basis, random_offset
+from nola.adapters.bases import mix, normal_offset, random_basis, random_offset
 from nola.errors import NolaError
 
-NOLA_SEED_ROLES = ("offset_A", "basis_A", "basis_B")
+BASIS_ROLES = ("basis_A", "basis_B")
+OFFSET_ROLES = {"reference": ("offset_A", "offset_B"), "paper": ("offset_A",)}  # paper: B0 = 0
+
+
+def nola_seed_roles(init: str) -> tuple[str, ...]:
+    """The frozen matrices of a NOLA slot with this `adapter.init`, each with a recorded seed."""
+    return OFFSET_ROLES[init] + BASIS_ROLES
 
 
 class LoraSlot(nn.Module):
@@ -37,12 +45,50 @@ class LoraSlot(nn.Module):
         return self.lora_A, self.lora_B
 
 
+class FrozenBasis(nn.Module):
+    """`count` frozen random bases of `numel` entries, U(−1, 1)/√count, rebuilt from `seed`.
+
+    Cached as a non-persistent buffer (never saved) or, with cache=False, regenerated in every
+    forward and backward. One instance may serve many slots: moving or casting the model converts
+    it once (a repeated `.to` of a shared module is a no-op), and a dtype change rebuilds it from
+    float32 rather than re-casting rounded values.
+    """
+
+    def __init__(self, seed: int, count: int, numel: int, *, cache: bool, device, dtype) -> None:
+        super().__init__()
+        self.seed, self.count, self.numel = int(seed), count, numel
+        self.register_buffer("basis", torch.empty(count, numel, device=device, dtype=dtype) if cache else None,
+                             persistent=False)
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        if self.basis is not None and not self.basis.is_meta:
+            self.basis = random_basis(self.seed, self.count, self.numel).to(self.basis.device, self.basis.dtype)
+
+    def set_seed(self, seed: int) -> None:
+        if int(seed) != self.seed:
+            self.seed = int(seed)
+            self.rebuild()
+
+    def _apply(self, fn, recurse: bool = True):
+        dtype_before = None if self.basis is None else self.basis.dtype
+        super()._apply(fn, recurse)
+        if self.basis is not None and self.basis.dtype != dtype_before:
+            self.rebuild()
+        return self
+
+    def mix(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Σᵢ cᵢ·basisᵢ: (numel,)."""
+        return mix(coefficients, self.basis, self.seed, self.numel)
+
+
 class NolaSlot(nn.Module):
     """NOLA factors from k + l trainable coefficients over frozen random bases.
 
-    A = A0 + reshape(α @ basis_A), basis_A: (k, r·d_in); B = reshape(β @ basis_B), basis_B: (l, d_out·r).
-    The bases (and A0) are non-persistent buffers: rebuilt from `seeds`, never saved. With
-    `cache_bases=False` only A0 is kept and the bases are regenerated in every forward and backward.
+    A = A0 + reshape(α @ basis_A), basis_A: (k, r·d_in); B = B0 + reshape(β @ basis_B), basis_B:
+    (l, d_out·r). `init` decides the offsets (nola.adapters.config): reference: A0, B0 ~ N(0, 0.02);
+    paper: A0 kaiming-uniform, B0 = 0. Offsets are non-persistent buffers rebuilt from
+    `offset_seeds`; the bases are `FrozenBasis` modules (possibly shared with other slots).
     """
 
     def __init__(
@@ -51,65 +97,77 @@ class NolaSlot(nn.Module):
         out_features: int,
         rank: int,
         *,
-        num_basis_a: int,
-        num_basis_b: int,
-        seeds: dict[str, int],
-        cache_bases: bool,
+        frozen_A: FrozenBasis,
+        frozen_B: FrozenBasis,
+        offset_seeds: dict[str, int],
+        init: str,
         device,
         dtype,
     ) -> None:
         super().__init__()
         self.shape_A = (rank, in_features)
         self.shape_B = (out_features, rank)
-        self.cache_bases = cache_bases
-        self.seeds = dict(seeds)
-        self.nola_coef_A = nn.Parameter(torch.zeros(num_basis_a, device=device, dtype=dtype))
-        self.nola_coef_B = nn.Parameter(torch.zeros(num_basis_b, device=device, dtype=dtype))
+        self.init = init
+        if set(offset_seeds) != set(OFFSET_ROLES[init]):
+            raise NolaError(f"NOLA init {init!r} needs offset seeds {', '.join(OFFSET_ROLES[init])}")
+        self.offset_seeds = {role: int(seed) for role, seed in offset_seeds.items()}
+        self.nola_coef_A = nn.Parameter(torch.zeros(frozen_A.count, device=device, dtype=dtype))
+        self.nola_coef_B = nn.Parameter(torch.zeros(frozen_B.count, device=device, dtype=dtype))
+        self.frozen_A, self.frozen_B = frozen_A, frozen_B
         self.register_buffer("offset_A", torch.empty(self.shape_A, device=device, dtype=dtype), persistent=False)
-        self.basis_A: torch.Tensor | None
-        self.basis_B: torch.Tensor | None
-        for name, count, numel in self._basis_specs():
-            buffer = torch.empty(count, numel, device=device, dtype=dtype) if cache_bases else None
-            self.register_buffer(name, buffer, persistent=False)
-        self.rebuild_frozen()
+        offset_b = torch.empty(self.shape_B, device=device, dtype=dtype) if init == "reference" else None
+        self.register_buffer("offset_B", offset_b, persistent=False)
+        self.rebuild_offsets()
 
-    def _basis_specs(self) -> list[tuple[str, int, int]]:
-        rank, d_in = self.shape_A
-        return [
-            ("basis_A", self.nola_coef_A.shape[0], rank * d_in),
-            ("basis_B", self.nola_coef_B.shape[0], self.shape_B[0] * rank),
-        ]
+    @property
+    def basis_A(self) -> torch.Tensor | None:
+        return self.frozen_A.basis
 
-    def rebuild_frozen(self) -> None:
-        """(Re)generate A0 and the cached bases from the seeds: float32 on CPU, then moved and cast."""
+    @property
+    def basis_B(self) -> torch.Tensor | None:
+        return self.frozen_B.basis
+
+    @property
+    def seeds(self) -> dict[str, int]:
+        """Every frozen matrix's seed by role (what adapter files record)."""
+        return {**self.offset_seeds, "basis_A": self.frozen_A.seed, "basis_B": self.frozen_B.seed}
+
+    def rebuild_offsets(self) -> None:
+        """(Re)generate A0 (and B0) from their seeds: float32 on CPU, then moved and cast."""
         if self.offset_A.is_meta:
             return
         like = self.offset_A
-        self.offset_A = random_offset(self.seeds["offset_A"], *self.shape_A).to(like.device, like.dtype)
-        if self.cache_bases:
-            for name, count, numel in self._basis_specs():
-                setattr(self, name, random_basis(self.seeds[name], count, numel).to(like.device, like.dtype))
+        draw = normal_offset if self.init == "reference" else random_offset
+        self.offset_A = draw(self.offset_seeds["offset_A"], *self.shape_A).to(like.device, like.dtype)
+        if self.offset_B is not None:
+            self.offset_B = draw(self.offset_seeds["offset_B"], *self.shape_B).to(like.device, like.dtype)
 
     def set_seeds(self, seeds: dict[str, int]) -> None:
-        if set(seeds) != set(NOLA_SEED_ROLES):
-            raise NolaError(f"NOLA seeds must name {', '.join(NOLA_SEED_ROLES)}; got {', '.join(sorted(seeds))}")
-        if seeds != self.seeds:
-            self.seeds = {role: int(seeds[role]) for role in NOLA_SEED_ROLES}
-            self.rebuild_frozen()
+        """Take recorded seeds (an adapter file's); the roles must be those of this slot's init."""
+        roles = nola_seed_roles(self.init)
+        if set(seeds) != set(roles):
+            raise NolaError(
+                f"NOLA seeds of init={self.init} must name {', '.join(roles)}; got {', '.join(sorted(seeds))}"
+            )
+        offsets = {role: int(seeds[role]) for role in OFFSET_ROLES[self.init]}
+        if offsets != self.offset_seeds:
+            self.offset_seeds = offsets
+            self.rebuild_offsets()
+        self.frozen_A.set_seed(seeds["basis_A"])
+        self.frozen_B.set_seed(seeds["basis_B"])
 
     def _apply(self, fn, recurse: bool = True):
-        """After a dtype change, rebuild the frozen tensors from float32 rather than re-cast them."""
+        """After a dtype change, rebuild the offsets from float32 rather than re-cast them."""
         dtype_before = self.offset_A.dtype
         super()._apply(fn, recurse)
         if self.offset_A.dtype != dtype_before:
-            self.rebuild_frozen()
+            self.rebuild_offsets()
         return self
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        (_, _, numel_a), (_, _, numel_b) = self._basis_specs()
-        delta_a = mix(self.nola_coef_A, self.basis_A, self.seeds["basis_A"], numel_a)
-        b = mix(self.nola_coef_B, self.basis_B, self.seeds["basis_B"], numel_b)
-        return self.offset_A + delta_a.view(self.shape_A), b.view(self.shape_B)
+        a = self.offset_A + self.frozen_A.mix(self.nola_coef_A).view(self.shape_A)
+        b = self.frozen_B.mix(self.nola_coef_B).view(self.shape_B)
+        return a, (b if self.offset_B is None else self.offset_B + b)
 
 
 class AdaptedLinear(nn.Module):

@@ -50,8 +50,8 @@ def _redraw(coefficients: torch.Tensor, out_features: int, in_features: int, see
 class ReferenceNolaLinear(nn.Module):
     """The reference's NOLA adapter of one matrix: forward(x) = (α/r)·x·Aᵀ·Bᵀ (the delta only).
 
-    A = offset_A + Σᵢ αᵢAᵢ (offset_A: the frozen kaiming-uniform weight), B = Σⱼ βⱼBⱼ (its frozen
-    weight is zero). Coefficients start at zero; only they train.
+    A = offset_A + Σᵢ αᵢAᵢ, B = offset_B + Σⱼ βⱼBⱼ (offset_B None: B's frozen weight is zero, as
+    the paper's init has it). Coefficients start at zero; only they train.
     """
 
     def __init__(
@@ -66,6 +66,7 @@ class ReferenceNolaLinear(nn.Module):
         seed_a: int,
         seed_b: int,
         offset_A: torch.Tensor,
+        offset_B: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
@@ -74,6 +75,7 @@ class ReferenceNolaLinear(nn.Module):
         self.coef_A = nn.Parameter(torch.zeros(num_basis_a, dtype=offset_A.dtype, device=offset_A.device))
         self.coef_B = nn.Parameter(torch.zeros(num_basis_b, dtype=offset_A.dtype, device=offset_A.device))
         self.register_buffer("offset_A", offset_A.detach().clone())
+        self.register_buffer("offset_B", None if offset_B is None else offset_B.detach().clone())
 
     @classmethod
     def like(cls, slot, scale: float) -> ReferenceNolaLinear:
@@ -89,6 +91,7 @@ class ReferenceNolaLinear(nn.Module):
             seed_a=slot.seeds["basis_A"],
             seed_b=slot.seeds["basis_B"],
             offset_A=slot.offset_A,
+            offset_B=slot.offset_B,
         )
         with torch.no_grad():
             reference.coef_A.copy_(slot.nola_coef_A)
@@ -98,4 +101,6 @@ class ReferenceNolaLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = _RedrawnBasesMix.apply(self.coef_A, self.rank, self.in_features, self.seed_a) + self.offset_A
         b = _RedrawnBasesMix.apply(self.coef_B, self.out_features, self.rank, self.seed_b)
+        if self.offset_B is not None:
+            b = b + self.offset_B
         return (x @ a.t()) @ b.t() * self.scale
