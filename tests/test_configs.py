@@ -16,26 +16,32 @@ GROUPS = ("model", "adapter", "task", "train", "decode", "paths")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
 EXPERIMENTS = sorted(str(p.relative_to(CONF_DIR / "experiment").with_suffix("")) for p in (CONF_DIR / "experiment").rglob("*.yaml"))
 
+REFERENCE_EXACT = {  # microsoft/LoRA examples/NLG/src: optimizer.py AdamW, gpt2_ft.py loss / grad_acc, float32,
+    # data_utils.py FT_Dataset batches
+    "train.optimizer": "lora_adamw", "train.loss_normalization": "batch_mean", "train.precision": "fp32",
+    "task.batching": "lora", "task.last_batch": "fill",
+}
 LORA_M = {  # Hu et al., ICLR 2022, Table 11 (E2E / WebNLG columns) and microsoft/LoRA examples/NLG README
     "adapter.kind": "lora", "adapter.rank": 4, "adapter.alpha": 32, "adapter.dropout": 0.1,
     "adapter.targets": ["q", "v"], "train.lr": 2e-4, "train.batch_size": 8, "train.grad_accum": 1,
     "train.epochs": 5, "train.warmup_steps": 500, "train.weight_decay": 0.01, "train.label_smoothing": 0.1,
     "train.adam_beta2": 0.999, "train.adam_eps": 1e-6, "train.max_grad_norm": 0.0, "train.seed": 110,
-    "train.base_dropout": 0.0,
+    "train.base_dropout": 0.0, **REFERENCE_EXACT,
 }
 NOLA_M = {  # Koohpayegani et al., ICLR 2024: gpt/scripts/finetune_gpt2m_e2e_qv_nola.sh
     "adapter.kind": "nola", "adapter.rank": 8, "adapter.alpha": 8, "adapter.num_basis_a": 512,
     "adapter.num_basis_b": 512, "adapter.targets": ["q", "v"], "adapter.dropout": 0.0, "train.lr": 5e-3,
     "train.batch_size": 8, "train.grad_accum": 1, "train.epochs": 5, "train.warmup_steps": 500,
     "train.weight_decay": 0.0, "train.label_smoothing": 0.1, "train.adam_beta2": 0.999, "train.adam_eps": 1e-6,
-    "train.max_grad_norm": 0.0, "train.seed": 110, "train.base_dropout": 0.0,
+    "train.max_grad_norm": 0.0, "train.seed": 110, "train.base_dropout": 0.0, "adapter.init": "reference",
+    **REFERENCE_EXACT,
 }
 PAPER_CELLS = {
     "e2e/nola_gpt2m": {**NOLA_M, "model.name": "gpt2-medium", "task.name": "e2e"},
     "e2e/nola_gpt2l": {  # gpt/scripts/finetune_gpt2l_e2e_qv_nola.sh: 4 x grad-acc 4, warmup 500 micro-batches
         **NOLA_M, "model.name": "gpt2-large", "task.name": "e2e", "adapter.alpha": 2, "adapter.num_basis_a": 256,
         "adapter.num_basis_b": 256, "train.lr": 1e-2, "train.batch_size": 16, "train.grad_accum": 4,
-        "train.warmup_steps": 125,
+        "train.warmup_steps": 500,
     },
     "e2e/lora_gpt2m": {**LORA_M, "model.name": "gpt2-medium", "task.name": "e2e"},
     "e2e/lora_gpt2m_r1": {**LORA_M, "model.name": "gpt2-medium", "task.name": "e2e", "adapter.rank": 1},

@@ -46,21 +46,23 @@ def test_collate_shifts_pads_and_masks_completion_targets():
 
 
 def test_truncation_keeps_the_first_tokens_and_counts():
+    # LoRA's FT_Dataset keeps the first seq_len tokens of context + completion; the last kept token
+    # is only a target. A context that fills the window keeps its row, with no target.
     tokenized = split_of([([1, 2, E], [3, 4, 5, E]), ([1, 2, 3, 4, 5, E], [6, E]), ([1, E], [2, E])])
     sequences = build_sequences(tokenized, max_seq_len=4)
-    assert (sequences.num_truncated, sequences.num_dropped) == (1, 1)  # the second has no room for a target
-    assert sequences.example_ids.tolist() == [0, 2]
-    batch = collate(sequences, np.array([0]))
-    assert batch.input_ids.tolist() == [[1, 2, E, 3]]
-    assert batch.targets.tolist() == [[2, E, 3, 4]]
-    assert batch.loss_mask.tolist() == [[0, 0, 1, 1]]
+    assert (sequences.num_truncated, sequences.num_dropped) == (2, 0)
+    assert sequences.example_ids.tolist() == [0, 1, 2]
+    batch = collate(sequences, np.array([0, 1, 2]))
+    assert batch.input_ids.tolist() == [[1, 2, E], [1, 2, 3], [1, E, 2]]
+    assert batch.targets.tolist() == [[2, E, 3], [2, 3, 4], [E, 2, E]]
+    assert batch.loss_mask.tolist() == [[0, 0, 1], [0, 0, 0], [0, 1, 1]]
 
 
 def test_drop_and_error_policies():
     tokenized = split_of([([1, 2, E], [3, 4, 5, E]), ([1, E], [2, E])])
     dropped = build_sequences(tokenized, max_seq_len=4, policy=TruncationPolicy.drop)
     assert (len(dropped), dropped.num_truncated, dropped.num_dropped) == (1, 0, 1)
-    with pytest.raises(NolaError, match="example 0 has 6 input tokens .* more than task.max_seq_len=4"):
+    with pytest.raises(NolaError, match="example 0 has 7 tokens .* more than task.max_seq_len=4"):
         build_sequences(tokenized, max_seq_len=4, policy="error")
     with pytest.raises(NolaError, match="task.truncation must be one of"):
         build_sequences(tokenized, max_seq_len=4, policy="shorten")

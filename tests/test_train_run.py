@@ -35,7 +35,7 @@ def reference(data_dir, vocab_dir, tmp_path_factory, single_thread):
 
 def test_reference_run_layout(reference):
     run_dir, metrics = reference
-    assert metrics["completed"] and metrics["steps"] == 12 and metrics["steps_per_epoch"] == 6
+    assert metrics["completed"] and metrics["steps"] == 12 and metrics["micro_batches_per_epoch"] == 6
     assert [v["step"] for v in metrics["valid"]] == [6, 12]
     assert json.loads((run_dir / "train_metrics.json").read_text()) == metrics
     assert (run_dir / "config.yaml").is_file() and list((run_dir / "tensorboard").glob("events.*"))

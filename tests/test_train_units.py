@@ -13,7 +13,7 @@ from nola.errors import NolaError
 from nola.training.config import TrainConfig, check_train_config
 from nola.training.loop import step_seed
 from nola.training.loss import masked_token_loss_sum
-from nola.training.optim import autocast_dtype, build_optimizer, build_scheduler, linear_warmup_decay
+from nola.training.optim import Schedule, autocast_dtype, build_optimizer, linear_warmup_decay
 
 
 def lora_reference_loss(logits, targets, mask, label_smooth):
@@ -53,17 +53,13 @@ def test_schedule_matches_lora_linear_warmup():
     assert linear_warmup_decay(0, 4)(0) == 1.0
 
 
-def test_scheduler_drives_optimizer_lr():
+def test_schedule_sets_the_optimizer_lr_per_update():
     param = torch.nn.Parameter(torch.zeros(3))
     train = OmegaConf.structured(TrainConfig(lr=0.2, warmup_steps=2))
     optimizer = build_optimizer([param], train)
-    scheduler = build_scheduler(optimizer, 2, 6)
-    seen = []
-    for _ in range(6):
-        seen.append(optimizer.param_groups[0]["lr"])
-        param.grad = torch.ones(3)
-        optimizer.step()
-        scheduler.step()
+    schedule = Schedule(lr=0.2, warmup_micro_batches=2, total_micro_batches=6, grad_accum=1)
+    seen = [schedule.apply(optimizer, update) for update in range(6)]
+    assert [group["lr"] for group in optimizer.param_groups] == [seen[-1]]
     assert seen == pytest.approx([0.0, 0.1, 0.2, 0.15, 0.1, 0.05])
     assert optimizer.defaults["betas"] == (0.9, 0.999) and optimizer.defaults["eps"] == 1e-6
 
@@ -101,6 +97,7 @@ def test_micro_batch_size():
 
 def test_precision_choices_on_cpu():
     cpu = torch.device("cpu")
+    assert TrainConfig().precision == "fp32"  # the papers trained in float32
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
     with pytest.raises(NolaError, match="fp16 needs a CUDA device"):

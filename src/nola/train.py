@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from nola.adapters import as_adapter_config, save_adapter
 from nola.build import build_model, resolve_weights
 from nola.config import CONF_DIR, register_schemas
+from nola.data.config import check_batching
 from nola.data.files import write_json_atomic, write_text_atomic
 from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
@@ -32,9 +33,9 @@ from nola.training import checkpoint as ckpt
 from nola.training.config import check_train_config
 from nola.training.data import load_training_data
 from nola.training.distributed import DistContext, barrier, broadcast_parameters, init_distributed, shutdown_distributed
-from nola.training.loop import TrainingJob, TrainState, fit, restore
+from nola.training.loop import TrainingJob, TrainState, fit, restore, schedule_for
 from nola.training.monitor import Monitor
-from nola.training.optim import autocast_dtype, build_optimizer, build_scheduler, grad_scaler
+from nola.training.optim import autocast_dtype, build_optimizer, exact_float32, grad_scaler
 
 METRICS_FILE = "train_metrics.json"
 # Settings that may differ when a run is resumed: budgets, logging, locations, memory trade-offs.
@@ -65,6 +66,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
 
 def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext) -> dict:
     check_train_config(cfg.train, ctx.world_size)
+    check_batching(cfg.task)
     as_adapter_config(cfg.adapter)  # validates the adapter settings before any work
     weights = _main_first(ctx, lambda: resolve_weights(cfg.model, cfg.paths.cache_dir))
     if not cfg.train.resume and ckpt.latest_name(run_dir / "checkpoints"):
@@ -83,10 +85,12 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext) -> dict:
                         f"shorter than task.max_seq_len={max_len}; lower task.max_seq_len")
     broadcast_parameters(ctx, list(built.trainable.values()))
     amp_dtype = autocast_dtype(cfg.train.precision, ctx.device)
+    if amp_dtype is None:
+        exact_float32(ctx.device)
     optimizer = build_optimizer(list(built.trainable.values()), cfg.train)
     job = TrainingJob(
         cfg=cfg, ctx=ctx, built=built, data=data, optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.train.warmup_steps, cfg.train.epochs * data.steps_per_epoch),
+        schedule=schedule_for(cfg.train, data.micro_batches_per_epoch),
         scaler=grad_scaler(amp_dtype), amp_dtype=amp_dtype, checkpoint_dir=run_dir / "checkpoints",
         config_record=resume_record(cfg, built.base_fingerprint),
     )
@@ -177,11 +181,12 @@ def _metrics(job: TrainingJob, state: TrainState, reason: str, run_dir: Path) ->
         "stop_reason": reason,
         "steps": state.step,
         "total_steps": job.total_steps,
-        "steps_per_epoch": job.data.steps_per_epoch,
-        "epochs_completed": state.step // job.data.steps_per_epoch,
+        "micro_batches_per_epoch": job.data.micro_batches_per_epoch,
+        "epochs_completed": state.step * cfg.train.grad_accum // job.data.micro_batches_per_epoch,
         "train_loss": state.last_loss,
         "valid": state.valid,
         "valid_loss": state.valid[-1]["loss"] if state.valid else None,
+        "valid_batch_mean_loss": state.valid[-1]["batch_mean_loss"] if state.valid else None,
         "completion_tokens": state.tokens,
         "train_s": state.train_s,
         "world_size": job.ctx.world_size,

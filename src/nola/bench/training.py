@@ -45,7 +45,7 @@ from nola.training.config import TrainConfig
 from nola.training.distributed import DistContext
 from nola.training.loop import TrainingJob, train_step
 from nola.training.loss import masked_token_loss_sum
-from nola.training.optim import build_optimizer, build_scheduler
+from nola.training.optim import Schedule, build_optimizer
 
 # A length-bucketed batch of 8 around E2E's medians, measured on the E2E train split with GPT-2's
 # BPE: context 28 tokens (with its bos), completion 25 (with its eos), input length 52.
@@ -127,7 +127,7 @@ def ours(config: GPT2Config, adapter: AdapterConfig, micro_batches: list[Batch],
         built=BuiltModel(model, tokenizer=None, base_fingerprint="", device=device, trainable=trainable),
         data=None,
         optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, 0, 10**9),
+        schedule=Schedule(recipe.lr, 0, 10**9, 1),
         scaler=None,
         amp_dtype=amp_dtype,
         checkpoint_dir=Path("."),

@@ -1,15 +1,21 @@
-"""From token ids to padded training batches: truncation, length bucketing, sharding.
+"""From token ids to padded training batches: truncation, batch composition, sharding.
 
-Batch contract (CONTRACTS.md; LoRA `FT_Dataset`, Hu et al., 2022): for an example with context
-ids c (ending in bos) and completion ids m (ending in eos), s = c + m, the row holds
-input_ids = s[:-1] and targets = s[1:], right-padded; loss_mask is 1 exactly where the target is
-a completion token (positions len(c)-1 .. len(s)-2, the final eos included) and attention_mask is
-True on real tokens. The papers batch a fixed number of sequences (GPT-2 M: 8 per step, DESIGN.md
-§5); `LengthBucketBatcher` keeps that number and only groups similar lengths to cut padding.
+Batch contract (microsoft/LoRA `examples/NLG/src/data_utils.py` FT_Dataset): for an example with
+context ids c (ending in bos) and completion ids m (ending in eos), s = c + m cut to its first
+`max_seq_len` tokens, the row holds input_ids = s[:-1] and targets = s[1:], right-padded;
+loss_mask is 1 exactly where the target is a completion token (positions len(c)-1 .. len(s)-2,
+the final eos included) and attention_mask is True on real tokens.
+
+Two batch compositions (`task.batching`):
+- `ShuffledFillBatcher` (LoRA's, the default): every epoch a uniform permutation of the examples
+  plus the fill rows LoRA adds to make whole batches, cut into consecutive batches.
+- `LengthBucketBatcher` (a speed option): similar lengths grouped inside shuffled chunks, which
+  cuts padding but changes the objective (see its docstring).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -58,8 +64,9 @@ class Batch:
 class SequenceSet:
     """Each kept example as one token sequence (context + completion) within the length limit.
 
-    num_truncated: examples whose completion end was cut (TruncationPolicy.truncate).
-    num_dropped: examples left out (too long under `drop`, or no completion left under `truncate`).
+    num_truncated: examples cut to their first max_seq_len tokens (TruncationPolicy.truncate); a
+        context that fills the whole window leaves a row without targets, kept as LoRA keeps it.
+    num_dropped: examples left out (too long under `drop`).
     """
 
     tokens: list[np.ndarray]
@@ -87,23 +94,27 @@ def as_enum(kind: type[E], value: E | str, name: str) -> E:
 def build_sequences(
     tokenized: TokenizedSplit, max_seq_len: int, policy: TruncationPolicy | str = TruncationPolicy.truncate
 ) -> SequenceSet:
-    """Join context and completion ids and apply the truncation policy (input length <= max_seq_len)."""
+    """Join context and completion ids and apply the truncation policy (at most max_seq_len tokens).
+
+    `max_seq_len` is LoRA's `--seq_len`: the row keeps the first max_seq_len tokens of context +
+    completion, the last of which is only a target (FT_Dataset's `padding_tokens(..., direct=1)`).
+    """
     policy = as_enum(TruncationPolicy, policy, "task.truncation")
     tokens, context_lengths, example_ids = [], [], []
     truncated = dropped = 0
     for index in range(len(tokenized)):
         context, completion = tokenized.context(index), tokenized.completion(index)
         sequence = np.concatenate([context, completion]).astype(np.int64)
-        if len(sequence) - 1 > max_seq_len:
+        if len(sequence) > max_seq_len:
             if policy is TruncationPolicy.error:
                 raise NolaError(
-                    f"example {index} has {len(sequence) - 1} input tokens (context {len(context)}), more than "
+                    f"example {index} has {len(sequence)} tokens (context {len(context)}), more than "
                     f"task.max_seq_len={max_seq_len}; set task.truncation to truncate or drop, or raise max_seq_len"
                 )
-            if policy is TruncationPolicy.drop or len(context) > max_seq_len:
+            if policy is TruncationPolicy.drop:
                 dropped += 1
                 continue
-            sequence = sequence[: max_seq_len + 1]
+            sequence = sequence[:max_seq_len]
             truncated += 1
         tokens.append(sequence)
         context_lengths.append(len(context))
@@ -136,6 +147,90 @@ def collate(sequences: SequenceSet, indices: np.ndarray) -> Batch:
     )
 
 
+def _check_sharding(batch_size: int, world_size: int, rank: int) -> None:
+    if batch_size < 1:
+        raise NolaError(f"batch_size must be positive, got {batch_size}")
+    if not 0 <= rank < world_size or batch_size % world_size:
+        raise NolaError(f"batch_size {batch_size} must split evenly over {world_size} ranks (rank {rank})")
+
+
+def _rank_rows(batches: list[np.ndarray], world_size: int, rank: int) -> list[np.ndarray]:
+    """Rank `rank`'s contiguous share of every global batch."""
+    if world_size == 1:
+        return batches
+    per_rank = len(batches[0]) // world_size
+    return [batch[rank * per_rank : (rank + 1) * per_rank] for batch in batches]
+
+
+class ShuffledFillBatcher:
+    """microsoft/LoRA's batches (examples/NLG/src/data_utils.py FT_Dataset, gpt2_ft.py's loaders).
+
+    FT_Dataset pads its length to a whole number of batches, ceil(N / b)·b; an index past the last
+    example is replaced by `rng.randint(0, N - 1)` from its own `random.Random(911)`, drawn in the
+    order the rows are read and continuing across epochs. The DataLoader's DistributedSampler
+    (seed = the run's seed) shuffles those indices with `torch.randperm` on a generator seeded
+    seed + epoch; gpt2_ft.py calls `set_epoch` with epochs counted from 1 for training and never for
+    validation (epoch 0): `first_sampler_epoch`. Consecutive b indices form a batch. Every example
+    is therefore read exactly once per epoch, plus ceil(N / b)·b - N fill rows spread through it.
+
+    `batch_size` is the global (micro-)batch; with `world_size` ranks each rank takes a contiguous
+    share of every batch, so the composition does not depend on the number of processes.
+    """
+
+    FILL_SEED = 911  # FT_Dataset's random.Random(911)
+
+    def __init__(
+        self,
+        sequences: SequenceSet,
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        first_sampler_epoch: int = 1,
+        world_size: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if len(sequences) == 0:
+            raise NolaError("no examples to batch (all were dropped, or the split is empty)")
+        _check_sharding(batch_size, world_size, rank)
+        self.sequences = sequences
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.first_sampler_epoch = first_sampler_epoch
+        self.world_size = world_size
+        self.rank = rank
+
+    def __len__(self) -> int:
+        """Batches per epoch: ceil(N / batch_size) (FT_Dataset.num_batches)."""
+        return -(-len(self.sequences) // self.batch_size)
+
+    def fill_draws(self, epoch: int) -> list[int]:
+        """The example indices FT_Dataset's rng gives the fill rows of `epoch` (0-based), in read order."""
+        count = len(self.sequences)
+        missing = len(self) * self.batch_size - count
+        rng = random.Random(self.FILL_SEED)
+        for _ in range(epoch * missing):
+            rng.randint(0, count - 1)
+        return [rng.randint(0, count - 1) for _ in range(missing)]
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """Sequence indices of every global batch of `epoch` (0-based), in order."""
+        count, padded = len(self.sequences), len(self) * self.batch_size
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.first_sampler_epoch + epoch)
+            order = torch.randperm(padded, generator=generator).numpy().astype(np.int64)
+        else:
+            order = np.arange(padded, dtype=np.int64)
+        fill = np.flatnonzero(order >= count)
+        order[fill] = self.fill_draws(epoch)
+        return [order[start : start + self.batch_size] for start in range(0, padded, self.batch_size)]
+
+    def rank_batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's rows of every global batch of `epoch`."""
+        return _rank_rows(self.global_batches(epoch), self.world_size, self.rank)
+
+
 class LengthBucketBatcher:
     """Fixed-size batches of similar lengths, reproducible from (seed, epoch), shardable across ranks.
 
@@ -143,6 +238,10 @@ class LengthBucketBatcher:
     `chunk_batches * batch_size`, sort each chunk by length, cut it into batches, shuffle the batch
     order. `batch_size` is the global batch: with `world_size` ranks each rank gets a contiguous
     `batch_size // world_size` rows of every batch, and all ranks see the same number of steps.
+
+    A speed option (`task.batching=bucketed`), not LoRA's composition: less padding, but the loss
+    is a token mean per batch, so batches of short examples weigh their tokens more. On E2E the
+    longest quarter of the examples carries about 26% of the objective instead of 34%.
     """
 
     def __init__(
@@ -160,10 +259,9 @@ class LengthBucketBatcher:
         self.last_batch = as_enum(LastBatch, last_batch, "task.last_batch")
         if len(sequences) == 0:
             raise NolaError("no examples to batch (all were dropped, or the split is empty)")
-        if batch_size < 1 or chunk_batches < 1:
-            raise NolaError(f"batch_size and chunk_batches must be positive, got {batch_size} and {chunk_batches}")
-        if not 0 <= rank < world_size or batch_size % world_size:
-            raise NolaError(f"batch_size {batch_size} must split evenly over {world_size} ranks (rank {rank})")
+        if chunk_batches < 1:
+            raise NolaError(f"chunk_batches must be positive, got {chunk_batches}")
+        _check_sharding(batch_size, world_size, rank)
         if world_size > 1 and self.last_batch is LastBatch.keep:
             raise NolaError("last_batch=keep gives ranks unequal shards; use fill or drop with several ranks")
         if self.last_batch is LastBatch.drop and len(sequences) < batch_size:
@@ -204,10 +302,7 @@ class LengthBucketBatcher:
 
     def rank_batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's rows of every global batch of `epoch`."""
-        per_rank = self.batch_size // self.world_size
-        if self.world_size == 1:
-            return self.global_batches(epoch)
-        return [batch[self.rank * per_rank : (self.rank + 1) * per_rank] for batch in self.global_batches(epoch)]
+        return _rank_rows(self.global_batches(epoch), self.world_size, self.rank)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """This rank's batches of `epoch`, collated."""

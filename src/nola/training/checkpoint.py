@@ -3,7 +3,7 @@
 Layout of `<run_dir>/checkpoints/`:
 
     step-00001000/trainable.safetensors   the exact trainable tensors (adapter_params names)
-    step-00001000/optimizer.pt            optimizer, LR scheduler and gradient-scaler state
+    step-00001000/optimizer.pt            optimizer and gradient-scaler state
     step-00001000/state.json              step, data position, history, config, sha256 of the files
     latest                                the name of the newest complete checkpoint
 

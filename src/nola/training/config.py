@@ -1,11 +1,11 @@
 """Schema of the Hydra `train` group: the optimisation recipe.
 
 Defaults follow the NOLA paper's GPT-2 M E2E script (Koohpayegani et al., ICLR 2024,
-`gpt/scripts/finetune_gpt2m_e2e_qv_nola.sh`, DESIGN.md §5), which passes microsoft/LoRA's
-`gpt2_ft.py` flags (Hu et al., ICLR 2022, Table 11): AdamW with β = (0.9, 0.999), ε = 1e-6,
-bias correction, weight decay 0, batch 8, 5 epochs, linear warmup of 500 steps then linear decay
-to 0, label smoothing 0.1, no clipping (`--clip 0.0`), seed 110. conf/train/*.yaml hold the other
-recipes with their sources.
+UCDvision/NOLA `gpt/examples/NLG/scripts/finetune_gpt2m_e2e_qv_nola.sh`), which passes
+microsoft/LoRA's `gpt2_ft.py` flags (Hu et al., ICLR 2022, Table 11): LoRA's AdamW with
+β = (0.9, 0.999), ε = 1e-6, bias correction, weight decay 0, batch 8, 5 epochs, linear warmup of
+500 steps then linear decay to 0, label smoothing 0.1, no clipping (`--clip 0.0`), seed 110,
+float32. conf/train/*.yaml hold the other recipes with their sources.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 from nola.errors import NolaError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from nola.training.optim import OPTIMIZERS
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+LOSS_NORMALIZATIONS = ("batch_mean", "step_token_mean")
 
 
 @dataclass
@@ -23,11 +26,20 @@ class TrainConfig:
 
     batch_size: sequences per optimizer step, summed over processes and accumulation steps; each
         process runs micro-batches of batch_size / (world_size * grad_accum) sequences.
-    warmup_steps: optimizer steps of linear warmup from 0 to `lr`; then linear decay to 0 at the
-        end of `epochs` (LoRA `--scheduler linear --warmup_step`).
+    warmup_steps: micro-batches of linear warmup from 0 to `lr`, then linear decay to 0 at the end
+        of `epochs` (LoRA `--scheduler linear --warmup_step`, which gpt2_ft.py counts in
+        micro-batches; equal to optimizer steps when grad_accum is 1). See `nola.training.optim`.
+    optimizer: lora_adamw (microsoft/LoRA's AdamW, the papers' optimizer) or adamw (torch's).
+    loss_normalization: batch_mean = LoRA's loss: each micro-batch's token mean,
+        sum / (completion tokens + 1e-4), divided by grad_accum (with several processes the token
+        count is the whole micro-batch's, so the update equals one process's);
+        step_token_mean = one token mean over the whole optimizer step (all micro-batches and
+        processes), so the gradient does not depend on how the global batch is split.
     label_smoothing: ε of LoRA's loss (1 - ε)·nll + ε·mean over the vocabulary of -log p.
     max_grad_norm: clip the adapter gradients' global norm (0: no clipping).
-    precision: auto = bf16 autocast on CUDA, fp32 on CPU; fp16 uses a gradient scaler (CUDA only).
+    precision: fp32 (the papers'; TF32 off on CUDA), bf16 autocast (a speed option; CPU too where
+        it is native), fp16 autocast with a gradient scaler (CUDA only), auto = bf16 on CUDA when
+        supported, else fp16 there, fp32 on CPU.
     base_dropout: dropout inside GPT-2 while training (LoRA's model has none; HF's has 0.1).
     max_steps: stop after this many optimizer steps (the schedule still spans `epochs`, so a stopped
         run continues exactly when rerun without it).
@@ -45,13 +57,15 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     warmup_steps: int = 500
+    optimizer: str = "lora_adamw"
+    loss_normalization: str = "batch_mean"
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-6
     label_smoothing: float = 0.1
     max_grad_norm: float = 0.0
-    precision: str = "auto"
+    precision: str = "fp32"
     base_dropout: float = 0.0
     seed: int = 110
     max_steps: int = 0
@@ -77,6 +91,12 @@ def check_train_config(train, world_size: int = 1) -> int:
     for key in ("adam_beta1", "adam_beta2", "label_smoothing", "base_dropout"):
         if not 0.0 <= getattr(train, key) < 1.0:
             raise NolaError(f"train.{key}={getattr(train, key)} must be in [0, 1)")
+    if train.optimizer not in OPTIMIZERS:
+        raise NolaError(f"train.optimizer={train.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if train.loss_normalization not in LOSS_NORMALIZATIONS:
+        raise NolaError(
+            f"train.loss_normalization={train.loss_normalization!r}; choose one of {', '.join(LOSS_NORMALIZATIONS)}"
+        )
     if train.precision not in PRECISIONS:
         raise NolaError(f"train.precision={train.precision!r}; choose one of {', '.join(PRECISIONS)}")
     per_step = world_size * train.grad_accum

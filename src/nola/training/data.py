@@ -1,59 +1,76 @@
-"""The batches one training process sees: its rows of every global batch, and its validation share.
+"""The batches one training process sees: its rows of every micro-batch, and its validation share.
 
-Training batches come from `nola.data.LengthBucketBatcher` with the configured global batch, so the
-order of examples depends on (seed, epoch) only, never on the number of processes; each process
-takes its contiguous rows of every global batch and cuts them into `grad_accum` micro-batches.
-Validation uses the whole split exactly once (no filler rows), its batches dealt round-robin.
+Training is a stream of micro-batches over the epochs; an optimizer step takes the next
+`grad_accum` of them, as microsoft/LoRA's gpt2_ft.py does (it counts micro-batches and updates on
+every `grad_acc`-th, so an update may span an epoch boundary). The composition is `task.batching`:
+- lora: `ShuffledFillBatcher` with micro-batches of batch_size / grad_accum rows (LoRA's
+  `--train_batch_size`), the order a function of (seed, epoch);
+- bucketed: `LengthBucketBatcher` global batches of batch_size rows, each cut into grad_accum
+  micro-batches.
+Either way the order never depends on the number of processes: each process takes its contiguous
+rows of every micro-batch. Validation uses LoRA's composition for lora (its valid loader: shuffled
+with the run's seed, sampler epoch 0, filled to whole batches) and the whole split exactly once
+for bucketed; its batches are dealt round-robin to the processes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
 
 from nola.data import Batch, LengthBucketBatcher, SequenceSet, build_sequences, collate, load_tokenized
-from nola.data.config import LastBatch
+from nola.data.batching import ShuffledFillBatcher
+from nola.data.config import Batching, LastBatch
 from nola.tokenizer import GPT2Tokenizer
 from nola.training.distributed import DistContext, barrier
 
 
 @dataclass
 class TrainingData:
-    """train: the batcher of global batches; valid: this process's validation batches."""
+    """The training micro-batch stream of this process, and its validation batches.
 
-    train: LengthBucketBatcher
+    sequences: the training split; valid: this process's validation batches; epoch_micro_rows(epoch)
+    gives this process's example indices of every micro-batch of `epoch` (0-based).
+    """
+
+    sequences: SequenceSet
+    micro_batches_per_epoch: int
+    epoch_micro_rows: Callable[[int], list[np.ndarray]]
     valid: list[Batch]
-    grad_accum: int
+    _cache: dict = field(default_factory=dict, repr=False)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train)
-
-    def epoch_rows(self, epoch: int) -> list[np.ndarray]:
-        """This process's example indices for every optimizer step of `epoch` (0-based)."""
-        return self.train.rank_batches(epoch)
-
-    def micro_batches(self, rows: np.ndarray) -> tuple[Batch, ...]:
-        """One optimizer step's rows, padded and cut into `grad_accum` micro-batches."""
-        return collate(self.train.sequences, rows).split(self.grad_accum)
+    def micro_batch(self, index: int) -> Batch:
+        """Micro-batch `index` of the stream (0-based, counted across epochs), collated."""
+        epoch, position = divmod(index, self.micro_batches_per_epoch)
+        if self._cache.get("epoch") != epoch:
+            self._cache.update(epoch=epoch, rows=self.epoch_micro_rows(epoch))
+        return collate(self.sequences, self._cache["rows"][position])
 
 
 def load_training_data(cfg, tokenizer: GPT2Tokenizer, ctx: DistContext, max_len: int) -> TrainingData:
     """Tokenize (cached; rank 0 first) and batch the train and valid splits of `cfg.task`."""
     train_seqs = _sequences(cfg, tokenizer, ctx, "train", max_len)
     valid_seqs = _sequences(cfg, tokenizer, ctx, "valid", max_len)
-    batcher = LengthBucketBatcher(
-        train_seqs,
-        cfg.train.batch_size,
-        seed=cfg.train.seed,
-        chunk_batches=cfg.task.bucket_chunk_batches,
-        last_batch=cfg.task.last_batch,
-        world_size=ctx.world_size,
-        rank=ctx.rank,
-    )
-    return TrainingData(batcher, _validation_batches(valid_seqs, cfg.train.valid_batch_size, ctx), cfg.train.grad_accum)
+    train, task, accum = cfg.train, cfg.task, cfg.train.grad_accum
+    sharding = dict(world_size=ctx.world_size, rank=ctx.rank)
+    if Batching(task.batching) is Batching.lora:
+        batcher = ShuffledFillBatcher(train_seqs, train.batch_size // accum, seed=train.seed, **sharding)
+        micro_per_epoch, epoch_rows = len(batcher), batcher.rank_batches
+        valid = ShuffledFillBatcher(valid_seqs, train.valid_batch_size, seed=train.seed, first_sampler_epoch=0)
+    else:
+        batcher = LengthBucketBatcher(train_seqs, train.batch_size, seed=train.seed,
+                                      chunk_batches=task.bucket_chunk_batches, last_batch=task.last_batch, **sharding)
+        micro_per_epoch = len(batcher) * accum
+
+        def epoch_rows(epoch: int) -> list[np.ndarray]:
+            return [part for rows in batcher.rank_batches(epoch) for part in np.array_split(rows, accum)]
+
+        valid = LengthBucketBatcher(valid_seqs, train.valid_batch_size, seed=0, shuffle=False, last_batch=LastBatch.keep)
+    mine = valid.global_batches(0)[ctx.rank :: ctx.world_size]
+    return TrainingData(train_seqs, micro_per_epoch, epoch_rows, [collate(valid_seqs, rows) for rows in mine])
 
 
 def _sequences(cfg, tokenizer: GPT2Tokenizer, ctx: DistContext, split: str, max_len: int) -> SequenceSet:
@@ -73,9 +90,3 @@ def _sequences(cfg, tokenizer: GPT2Tokenizer, ctx: DistContext, split: str, max_
             f"dropped at {max_len} tokens (task.max_seq_len / the model's context window)"
         )
     return sequences
-
-
-def _validation_batches(sequences: SequenceSet, batch_size: int, ctx: DistContext) -> list[Batch]:
-    batcher = LengthBucketBatcher(sequences, batch_size, seed=0, shuffle=False, last_batch=LastBatch.keep)
-    mine = batcher.global_batches(0)[ctx.rank :: ctx.world_size]
-    return [collate(sequences, rows) for rows in mine]

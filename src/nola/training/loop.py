@@ -1,15 +1,21 @@
 """The training loop: optimizer steps over epochs, validation, checkpoints, and exact resumption.
 
-One optimizer step (DESIGN.md §5 recipes; microsoft/LoRA `gpt2_ft.py`): every process runs its
-`grad_accum` micro-batches forward and backward, each loss already divided by the completion-token
-count of the whole global batch; one all-reduce sums the gradients; they are optionally clipped;
-AdamW updates the adapter; the schedule advances. The loss is checked first: a NaN/inf loss (or
-gradient norm) stops the run with a NolaError and the last good checkpoint left untouched.
+One optimizer step (microsoft/LoRA `examples/NLG/src/gpt2_ft.py`, `train_validate`): every process
+runs its share of the next `grad_accum` micro-batches forward and backward; with
+`train.loss_normalization=batch_mean` (LoRA's) each micro-batch's loss is its token mean,
+sum / (completion tokens + 1e-4), divided by grad_accum, the tokens counted over the whole
+micro-batch (all processes' rows: the gradients summed over processes are one process's); with
+`step_token_mean` the sum divided by the completion tokens of the whole step. One all-reduce sums
+the gradients; they are optionally clipped; the optimizer updates the adapter with the learning
+rate of this update (`nola.training.optim.Schedule`, counted in micro-batches as gpt2_ft.py counts
+it). The loss is checked first: a NaN/inf loss (or gradient norm) stops the run with a NolaError
+and the last good checkpoint left untouched. A final group of fewer than grad_accum micro-batches
+is not applied, as in gpt2_ft.py (it stops at max_step before that update).
 
-Determinism: the data order is a function of (seed, epoch) (`nola.data.LengthBucketBatcher`) and
-the global RNG (dropout) is reseeded before every step from (seed, step, rank), so the random state
-at any step is a function of the step alone and a checkpoint needs only the step to restore it.
-A run resumed from its checkpoint therefore computes bit-for-bit what an uninterrupted run does.
+Determinism: the data order is a function of (seed, epoch) (`nola.training.data`) and the global
+RNG (dropout) is reseeded before every step from (seed, step, rank), so the random state at any
+step is a function of the step alone and a checkpoint needs only the step to restore it. A run
+resumed from its checkpoint therefore computes bit-for-bit what an uninterrupted run does.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from nola.training.data import TrainingData
 from nola.training.distributed import DistContext, all_reduce_gradients, all_reduce_sum, barrier
 from nola.training.loss import masked_token_loss_sum
 from nola.training.monitor import Monitor
-from nola.training.optim import autocast
+from nola.training.optim import Schedule, autocast
+
+LORA_MASK_EPSILON = 1e-4  # microsoft/LoRA model.py: loss.sum() / (lm_mask.sum() + 0.0001)
 
 
 @dataclass
@@ -57,7 +65,7 @@ class TrainingJob:
     built: BuiltModel
     data: TrainingData
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: Schedule
     scaler: torch.amp.GradScaler | None
     amp_dtype: torch.dtype | None
     checkpoint_dir: Path
@@ -65,8 +73,13 @@ class TrainingJob:
     monitor: Monitor | None = None
 
     @property
+    def total_micro_batches(self) -> int:
+        return self.cfg.train.epochs * self.data.micro_batches_per_epoch
+
+    @property
     def total_steps(self) -> int:
-        return self.cfg.train.epochs * self.data.steps_per_epoch
+        """Optimizer updates of the whole run (LoRA: max_step micro-batches // grad_acc)."""
+        return self.total_micro_batches // self.cfg.train.grad_accum
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -78,41 +91,46 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def schedule_for(train, micro_batches_per_epoch: int) -> Schedule:
+    """The run's learning-rate schedule (warmup and total in micro-batches, as gpt2_ft.py)."""
+    return Schedule(train.lr, train.warmup_steps, train.epochs * micro_batches_per_epoch, train.grad_accum)
+
+
 def fit(job: TrainingJob, state: TrainState) -> str:
     """Train until the schedule ends or a budget stops it; return "finished", "max_steps" or "max_time"."""
     train = job.cfg.train
-    steps_per_epoch = job.data.steps_per_epoch
+    accum, per_epoch = train.grad_accum, job.data.micro_batches_per_epoch
     started = time.perf_counter()
     if train.max_steps and state.step >= train.max_steps:
         return "max_steps"
     job.built.model.train()
     while state.step < job.total_steps:
-        epoch, first = divmod(state.step, steps_per_epoch)
-        rows = job.data.epoch_rows(epoch)
-        for index in range(first, steps_per_epoch):
-            step_started = time.perf_counter()
-            torch.manual_seed(step_seed(train.seed, state.step, job.ctx.rank))
-            over_time = bool(train.max_time_s) and step_started - started >= train.max_time_s
-            result = train_step(job, job.data.micro_batches(rows[index]), over_time, state.step)
-            state.step += 1
-            state.tokens += result.completion_tokens
-            state.last_loss = result.loss
-            state.train_s += time.perf_counter() - step_started
+        step_started = time.perf_counter()
+        first = state.step * accum
+        micro_batches = [job.data.micro_batch(index) for index in range(first, first + accum)]
+        torch.manual_seed(step_seed(train.seed, state.step, job.ctx.rank))
+        over_time = bool(train.max_time_s) and step_started - started >= train.max_time_s
+        result = train_step(job, micro_batches, over_time, state.step)
+        state.step += 1
+        state.tokens += result.completion_tokens
+        state.last_loss = result.loss
+        state.train_s += time.perf_counter() - step_started
+        if job.monitor:
+            job.monitor.step(state.step, loss=result.loss, lr=result.lr, grad_norm=result.grad_norm,
+                             input_tokens=result.input_tokens)
+        epochs_done = (first + accum) // per_epoch
+        epoch_end = epochs_done > first // per_epoch
+        if epoch_end and train.eval_every_epoch:
+            losses = validation_loss(job)
+            state.valid.append({"epoch": epochs_done, "step": state.step, **losses})
             if job.monitor:
-                job.monitor.step(state.step, loss=result.loss, lr=result.lr, grad_norm=result.grad_norm,
-                                 input_tokens=result.input_tokens)
-            epoch_end = index == steps_per_epoch - 1
-            if epoch_end and train.eval_every_epoch:
-                loss = validation_loss(job)
-                state.valid.append({"epoch": epoch + 1, "step": state.step, "loss": loss})
-                if job.monitor:
-                    job.monitor.validation(state.step, loss)
-            reason = "max_steps" if train.max_steps and state.step >= train.max_steps else None
-            reason = reason or ("max_time" if result.stop_requested else None)
-            if reason or epoch_end or state.step % train.save_every == 0:
-                save(job, state)
-            if reason:
-                return reason
+                job.monitor.validation(state.step, losses["loss"], losses["batch_mean_loss"])
+        reason = "max_steps" if train.max_steps and state.step >= train.max_steps else None
+        reason = reason or ("max_time" if result.stop_requested else None)
+        if reason or epoch_end or state.step % train.save_every == 0:
+            save(job, state)
+        if reason:
+            return reason
     return "finished"
 
 
@@ -127,22 +145,30 @@ class StepResult:
 
 
 def train_step(job: TrainingJob, micro_batches, stop_requested: bool, step: int) -> StepResult:
-    """One optimizer step over this process's micro-batches (see the module docstring)."""
+    """Optimizer update `step` (0-based) over this process's micro-batches (see the module docstring)."""
     device, model, train = job.ctx.device, job.built.model, job.cfg.train
+    # per micro-batch: completion tokens (summed over processes: the whole micro-batch's count), then
+    # the step's completion and input tokens
     counts = torch.tensor(
-        [sum(float(b.loss_mask.sum()) for b in micro_batches), sum(int(b.attention_mask.sum()) for b in micro_batches)],
+        [float(b.loss_mask.sum()) for b in micro_batches]
+        + [sum(float(b.loss_mask.sum()) for b in micro_batches), sum(int(b.attention_mask.sum()) for b in micro_batches)],
         dtype=torch.float64, device=device,
     )
     all_reduce_sum(job.ctx, counts)
-    denominator = max(float(counts[0]), 1.0)
+    micro_tokens, step_tokens, input_tokens = counts[: len(micro_batches)].tolist(), float(counts[-2]), int(counts[-1])
+    per_batch = train.loss_normalization == "batch_mean"
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-    for batch in micro_batches:
+    for batch, tokens in zip(micro_batches, micro_tokens):
         batch = batch.to(device)
         # Rows are right-padded: the causal mask alone keeps real tokens from seeing padding and
         # their positions are 0..T-1, so no attention mask is passed (SDPA keeps its fused kernel).
         with autocast(device, job.amp_dtype):
             logits = model(batch.input_ids, output_mask=batch.loss_mask > 0)
-        part = masked_token_loss_sum(logits, batch.targets, batch.loss_mask, train.label_smoothing) / denominator
+        total = masked_token_loss_sum(logits, batch.targets, batch.loss_mask, train.label_smoothing)
+        if per_batch:
+            part = total / (tokens + LORA_MASK_EPSILON) / len(micro_batches)
+        else:
+            part = total / max(step_tokens, 1.0)
         (job.scaler.scale(part) if job.scaler else part).backward()
         loss_sum += part.detach()
     all_reduce_gradients(job.ctx, job.params)
@@ -154,15 +180,14 @@ def train_step(job: TrainingJob, micro_batches, stop_requested: bool, step: int)
     grad_norm = float(_grad_norm(job.params, train.max_grad_norm))
     if not math.isfinite(loss) or (job.scaler is None and not math.isfinite(grad_norm)):
         raise NolaError(_non_finite_message(job, step + 1, loss, grad_norm))
-    lr = job.optimizer.param_groups[0]["lr"]
+    lr = job.schedule.apply(job.optimizer, step)
     if job.scaler:
         job.scaler.step(job.optimizer)
         job.scaler.update()
     else:
         job.optimizer.step()
-    job.scheduler.step()
     job.optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss, grad_norm, lr, int(counts[0]), int(counts[1]), bool(flags[1] > 0))
+    return StepResult(loss, grad_norm, lr, int(step_tokens), input_tokens, bool(flags[1] > 0))
 
 
 def _grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
@@ -185,20 +210,26 @@ def _non_finite_message(job: TrainingJob, step: int, loss: float, grad_norm: flo
 
 
 @torch.no_grad()
-def validation_loss(job: TrainingJob) -> float:
-    """Token-mean cross-entropy (no label smoothing, as LoRA's evaluate) over the whole valid split."""
+def validation_loss(job: TrainingJob) -> dict[str, float]:
+    """Cross-entropy (no label smoothing, as LoRA's `evaluate`) over this run's validation batches.
+
+    loss: the token mean over all batches; batch_mean_loss: LoRA's figure, the mean over batches of
+    each batch's sum / (completion tokens + 1e-4) (gpt2_ft.py `evaluate`, an AverageMeter of
+    per-batch means).
+    """
     model, device = job.built.model, job.ctx.device
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, tokens, sum of batch means, batches
     for batch in job.data.valid:
         batch = batch.to(device)
         with autocast(device, job.amp_dtype):
             logits = model(batch.input_ids, output_mask=batch.loss_mask > 0)
-        sums[0] += masked_token_loss_sum(logits, batch.targets, batch.loss_mask, 0.0).double()
-        sums[1] += batch.loss_mask.sum().double()
+        total = masked_token_loss_sum(logits, batch.targets, batch.loss_mask, 0.0).double()
+        tokens = batch.loss_mask.sum().double()
+        sums += torch.stack([total, tokens, total / (tokens + LORA_MASK_EPSILON), torch.ones_like(total)])
     all_reduce_sum(job.ctx, sums)
     model.train()
-    return float(sums[0] / sums[1].clamp(min=1.0))
+    return {"loss": float(sums[0] / sums[1].clamp(min=1.0)), "batch_mean_loss": float(sums[2] / sums[3].clamp(min=1.0))}
 
 
 def save(job: TrainingJob, state: TrainState) -> None:
@@ -206,13 +237,13 @@ def save(job: TrainingJob, state: TrainState) -> None:
     if job.ctx.is_main:
         trainer = {
             "optimizer": job.optimizer.state_dict(),
-            "scheduler": job.scheduler.state_dict(),
             "scaler": job.scaler.state_dict() if job.scaler else {},
         }
+        micro_batches = state.step * job.cfg.train.grad_accum
         record = {
             **asdict(state),
-            "position": dict(zip(("epoch", "batch"), divmod(state.step, job.data.steps_per_epoch))),
-            "steps_per_epoch": job.data.steps_per_epoch,
+            "position": dict(zip(("epoch", "micro_batch"), divmod(micro_batches, job.data.micro_batches_per_epoch))),
+            "micro_batches_per_epoch": job.data.micro_batches_per_epoch,
             "total_steps": job.total_steps,
             "world_size": job.ctx.world_size,
             "rng": {"scheme": "reseeded every step from (train.seed, step, rank)", "seed": job.cfg.train.seed},
@@ -227,10 +258,11 @@ def restore(job: TrainingJob, checkpoint: ckpt.Checkpoint) -> TrainState:
     """Load a checkpoint into the job after checking it belongs to this configuration and data."""
     where = checkpoint.path
     _check_same_config(checkpoint.state.get("config", {}), job.config_record, where)
-    if checkpoint.state.get("steps_per_epoch") != job.data.steps_per_epoch:
+    saved_per_epoch = checkpoint.state.get("micro_batches_per_epoch")
+    if saved_per_epoch != job.data.micro_batches_per_epoch:
         raise NolaError(
-            f"{where} was written with {checkpoint.state.get('steps_per_epoch')} steps per epoch, the data now gives "
-            f"{job.data.steps_per_epoch}; the training data changed: use a new run name or delete {where.parent}"
+            f"{where} was written with {saved_per_epoch} micro-batches per epoch, the data now gives "
+            f"{job.data.micro_batches_per_epoch}; the training data changed: use a new run name or delete {where.parent}"
         )
     expected, found = set(job.built.trainable), set(checkpoint.tensors)
     if expected != found:
@@ -245,7 +277,6 @@ def restore(job: TrainingJob, checkpoint: ckpt.Checkpoint) -> TrainState:
                 )
             param.copy_(saved)
     job.optimizer.load_state_dict(checkpoint.trainer["optimizer"])
-    job.scheduler.load_state_dict(checkpoint.trainer["scheduler"])
     if job.scaler and checkpoint.trainer.get("scaler"):
         job.scaler.load_state_dict(checkpoint.trainer["scaler"])
     return TrainState.from_json(checkpoint.state)

@@ -60,10 +60,12 @@ class Monitor:
             self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
         self._reset(now)
 
-    def validation(self, step: int, loss: float) -> None:
+    def validation(self, step: int, loss: float, batch_mean_loss: float) -> None:
+        """Token-mean validation loss and LoRA's mean of per-batch means."""
         if self.enabled:
             self.writer.add_scalar("valid/loss", loss, step)
-            self.bar.write(f"step {step}: valid loss {loss:.4f}")
+            self.writer.add_scalar("valid/batch_mean_loss", batch_mean_loss, step)
+            self.bar.write(f"step {step}: valid loss {loss:.4f} (LoRA's mean of batch means {batch_mean_loss:.4f})")
 
     def close(self) -> None:
         self.flush()
