@@ -21,11 +21,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install the package with its test extras (CPU torch)
 
-test: setup ## set up if needed, then run the fast test suite
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
-
-test-slow: setup ## run the slow tests too (integration on ../shared/data included)
+test: setup ## set up if needed, then run every test (slow and integration ones included; ~5 min on 2 cores)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup ## the fast suite only (no tests marked slow)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 data: setup ## download/prepare E2E, WebNLG, DART (DATA_MIRROR=dir copies from a local mirror); quick when current
 	$(PY) -m nola.data.prepare --data-dir data $(if $(DATA_MIRROR),--mirror $(DATA_MIRROR))
@@ -58,4 +58,4 @@ clean: ## remove caches and build outputs (keeps data/ and runs/)
 	rm -rf .pytest_cache src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help setup test test-slow data e2e-nola e2e-lora e2e-ft dart-nola dart-lora webnlg-nola webnlg-lora tables mini bench clean
+.PHONY: help setup test test-fast data e2e-nola e2e-lora e2e-ft dart-nola dart-lora webnlg-nola webnlg-lora tables mini bench clean

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The offline mini reproduction (issue 8; README "Mini reproduction"): prepare the data (from a local
+# The offline mini reproduction (README "Mini reproduction"): prepare the data (from a local
 # mirror when DATA_MIRROR=dir is given), then pretrain, adapt, decode, score and write
 # eval/results/mini.md + eval/results/mini_params_vs_bleu.png (python -m nola.mini).
 # usage: bash scripts/mini.sh [DATA_MIRROR=dir] [nola.mini options] [hydra overrides...]

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real-data mirror (../shared/data) and the GPT-2 vocabulary."""
+"""Shared fixtures: the real-data mirror (../shared/data, optional) and the GPT-2 vocabulary (shipped)."""
 
 from __future__ import annotations
 
@@ -24,13 +24,14 @@ def shared_data() -> Path:
     return path
 
 
+VOCAB_DIR = REPO_ROOT / "tests" / "fixtures" / "vocab"
+
+
 @pytest.fixture(scope="session")
 def vocab_dir() -> Path:
-    """GPT-2's encoder.json + vocab.bpe (from the data mirror); skips when absent."""
-    path = shared_data_path() / "vocab"
-    if not (path / "encoder.json").is_file():
-        pytest.skip(f"GPT-2 vocabulary not found at {path}")
-    return path
+    """GPT-2's encoder.json + vocab.bpe, shipped with the tests (OpenAI GPT-2, MIT; the same files as
+    microsoft/LoRA examples/NLG/vocab, sha256 in tests/fixtures/vocab/README.md)."""
+    return VOCAB_DIR
 
 
 @pytest.fixture(scope="module")

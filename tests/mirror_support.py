@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nola.data.files import digest_file
+from nola.fileio import digest_file
 from nola.data.sources import default_sources_path
 
 MIRROR = Path(__file__).resolve().parent / "fixtures" / "data" / "mirror"

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from nola.data.download import fetch_raw_file, part_path
-from nola.data.files import digest_file
+from nola.fileio import digest_file
 from nola.data.sources import AcceptedDigest, RawFile
 from nola.errors import NolaError
 

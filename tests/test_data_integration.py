@@ -1,6 +1,6 @@
 """The real datasets (../shared/data): counts, and byte-equality with LoRA's own pipeline.
 
-Counts are those of the data README (/work/shared/data/README.md) and DESIGN.md §3. The sha256
+Counts are those LoRA's pipeline sees on these files (microsoft/LoRA examples/NLG). The sha256
 digests were measured by running microsoft/LoRA @ c4593f0 `examples/NLG/src/` on the same raw files:
 `format_converting_{e2e,webnlg,dart}.py` (its JSON-lines output), `gpt2_encode.py --add_bos
 --add_eos` (token ids) and `gpt2_decode.py` (E2E reference file; WebNLG/DART `--ref_type ...

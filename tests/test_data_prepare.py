@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nola.data import load_examples, load_reference_groups, reference_files
-from nola.data.files import digest_file
+from nola.fileio import digest_file
 from nola.data.prepare import main, prepare
 from nola.data.sources import load_sources
 from nola.data.tasks import TASK_SPECS

@@ -1,4 +1,4 @@
-"""Token layout (DESIGN.md §3) and the tokenize-once cache.
+"""Token layout (microsoft/LoRA examples/NLG) and the tokenize-once cache.
 
 The tiny fixture vocabulary has GPT-2's 256 byte symbols with GPT-2's ids (e.g. 'a' = 64, 'Ġ' = 220)
 plus two merges, 'Ġ t' -> 256 and 'e s' -> 257, so expected ids can be worked out by hand.

@@ -135,11 +135,11 @@ def test_webnlg_and_dart_are_scored_with_generation_eval_scales(monkeypatch):
 
     def score_webnlg(references, hypotheses, seen):
         calls.append((references, hypotheses, seen))
-        return {"all": {"BLEU": 0.4652, "METEOR": 0.39, "TER": 0.46}, "seen": {"BLEU": 0.5, "METEOR": 0.4, "TER": 0.4},
-                "unseen": {"BLEU": 0.25, "METEOR": 0.3, "TER": 0.5}}
+        return {"all": {"BLEU": 46.52, "METEOR": 0.39, "TER": 0.46}, "seen": {"BLEU": 50.0, "METEOR": 0.4, "TER": 0.4},
+                "unseen": {"BLEU": 25.0, "METEOR": 0.3, "TER": 0.5}}
 
     monkeypatch.setattr(pipeline, "score_webnlg", score_webnlg)
-    monkeypatch.setattr(pipeline, "score_gem", lambda references, hypotheses: {"BLEU": 0.4652, "METEOR": 0.39, "TER": 0.46})
+    monkeypatch.setattr(pipeline, "score_gem", lambda references, hypotheses: {"BLEU": 46.52, "METEOR": 0.39, "TER": 0.46})
     groups = [ReferenceGroup("a", ["A"], "Airport", True), ReferenceGroup("b", ["B"], "Film", False),
               ReferenceGroup("c", ["C", "C2"], "Food", True)]
     metrics = score("webnlg", groups, ["x", "y", "z"])

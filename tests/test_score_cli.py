@@ -12,7 +12,7 @@ import pytest
 
 import nola.metrics.java
 import nola.score
-from nola.score import main
+from nola.score import SCALES, main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scoring"
 OFFICIAL = json.loads((FIXTURES / "official_scores.json").read_text(encoding="utf-8"))
@@ -25,9 +25,14 @@ requires_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs a
 
 
 def run_main(capsys, *argv: str) -> tuple[dict, str]:
+    """The printed scores (their "scale" note checked and removed) and stderr."""
     main(list(argv))
     captured = capsys.readouterr()
-    return json.loads(captured.out), captured.err
+    scores = json.loads(captured.out)
+    task = argv[argv.index("--task") + 1]
+    expected = "BLEU 0-100" if task in ("webnlg", "dart") else "BLEU, METEOR, ROUGE_L fractions"
+    assert expected in scores.pop("scale")
+    return scores, captured.err
 
 
 def expect_user_error(capsys, *argv: str) -> str:
@@ -52,7 +57,7 @@ def test_e2e_with_an_empty_hypothesis_matches_measure_scores(capsys, tmp_path):
     official = OFFICIAL["e2e_example_line3_empty"]
     assert list(scores) == ["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"]
     assert scores == pytest.approx(official, abs=1e-9)
-    assert json.loads(out.read_text(encoding="utf-8")) == scores
+    assert json.loads(out.read_text(encoding="utf-8")) == {"scale": SCALES["e2e"], **scores}
 
 
 @requires_java
@@ -64,7 +69,7 @@ def test_webnlg_with_categories_matches_generation_eval(capsys):
     assert err == ""
     assert list(scores) == ["all", "seen", "unseen"]
     for subset, official in OFFICIAL["webnlg_small"].items():
-        assert f"{100 * scores[subset]['BLEU']:.2f}" == f"{official['BLEU']:.2f}"
+        assert f"{scores[subset]['BLEU']:.2f}" == f"{official['BLEU']:.2f}"
         assert scores[subset]["METEOR"] == pytest.approx(official["METEOR"], abs=1e-9)
         assert scores[subset]["TER"] == pytest.approx(official["TER"], abs=1e-9)
 

@@ -90,7 +90,7 @@ def test_unwritable_run_directory_on_the_command_line(tmp_path):
     blocker.write_text("not a directory")
     result = cli("model=tiny", f"paths.runs_dir={blocker}/runs", "++hydra.callbacks.run_dir_check._target_=nola.train.RunDirCheck",
                  cwd=tmp_path, check=False)
-    assert result.returncode == 2 and result.stderr.startswith("error: cannot write the run directory")
+    assert result.returncode == 2 and result.stderr.startswith("error: cannot write to ") and "set paths.runs_dir" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -1,11 +1,19 @@
-"""The root Hydra schema: one typed node per config group, each defined next to its stage.
+"""The root Hydra schema and the typed boundary every entry point crosses before any work.
 
 `conf/config.yaml` lists the defaults; every group file is merged into its dataclass, so an
-unknown key or a wrong type is an error naming the key (see `nola.config.compose_config`).
+unknown key or a wrong type is an error naming the key (see `compose_config`). Merging does not
+run the dataclasses' own range checks (`__post_init__`): `typed_config` builds the dataclasses
+from the composed config, so every check runs, before any data is read or any model is built.
+`check_group_choices` turns a misspelled group choice (`experiment=e2e/nola_gpt2mm`) into an
+error listing the available configs, before Hydra composes anything; `launch` runs both for a
+Hydra app's command line.
 """
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,12 +24,19 @@ from omegaconf.errors import OmegaConfBaseException
 from nola.adapters.config import AdapterConfig
 from nola.data.config import TaskConfig
 from nola.decode.config import DecodeConfig
-from nola.errors import NolaError
+from nola.errors import NolaError, exit_on_user_error
 from nola.model.config import ModelConfig
 from nola.paths_config import PathsConfig
 from nola.training.config import TrainConfig
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+def _conf_dir() -> Path:
+    """conf/ of the checkout (editable installs), else the copy installed inside the package."""
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    return checkout if (checkout / "config.yaml").is_file() else Path(__file__).resolve().parent / "conf"
+
+
+CONF_DIR = _conf_dir()
+GROUPS = ("model", "adapter", "task", "train", "decode", "paths", "experiment")
 
 
 @dataclass
@@ -40,17 +55,52 @@ def register_schemas() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
+def available_choices(group: str) -> list[str]:
+    """The config names of one group (`experiment` names include their folder: e2e/nola_gpt2m)."""
+    root = CONF_DIR / group
+    return sorted(str(path.relative_to(root).with_suffix("")) for path in root.rglob("*.yaml"))
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """Raise a NolaError listing the available configs for a group choice that has no file."""
+    for override in overrides:
+        match = re.fullmatch(r"[+~]?([A-Za-z_]+)=(.*)", override)
+        if not match or match[1] not in GROUPS or "(" in match[2]:
+            continue  # not a group choice, or a sweep function (range, glob, ...)
+        group, value = match[1], match[2]
+        known = available_choices(group)
+        for choice in value.split(","):
+            if choice not in ("", "null") and choice not in known:
+                raise NolaError(f"{group}={choice}: there is no conf/{group}/{choice}.yaml; available: {', '.join(known)}")
+
+
 def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """Compose conf/ with overrides outside a Hydra app (tests, `nola.params`), as a typed config."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
     register_schemas()
+    check_group_choices(list(overrides or []))
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as err:
         raise NolaError(f"invalid configuration: {str(err).splitlines()[0]}") from None
+
+
+def typed_config(cfg: DictConfig) -> Config:
+    """`cfg` as the typed dataclasses, every schema's checks run (the one typed boundary)."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise NolaError(f"invalid configuration: {str(err).splitlines()[0]}") from None
+
+
+def launch(main: Callable[[], object]) -> None:
+    """Run a Hydra app's `main` from the command line: schemas registered, group choices checked."""
+    register_schemas()
+    exit_on_user_error(check_group_choices)(sys.argv[1:])
+    main()
 
 
 def resolved_yaml(cfg: DictConfig) -> str:

@@ -19,8 +19,13 @@ class NolaError(Exception):
     """A problem with the user's input, files or environment, with a message saying what to do."""
 
 
+INTERRUPTED_EXIT = 130  # the shell's code for a command ended by SIGINT
+
+
 def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
-    """Wrap a CLI entry point: a `NolaError` prints `error: <message>` and exits with status 2."""
+    """Wrap a CLI entry point: a `NolaError` prints `error: <message>` and exits with status 2;
+    Ctrl-C prints one line and exits with 130 (every file is written atomically, so what was
+    finished is kept and nothing half-written is left under a final name)."""
 
     @wraps(main)
     def wrapper(*args, **kwargs):
@@ -29,5 +34,8 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
         except NolaError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted; finished outputs kept", file=sys.stderr)
+            raise SystemExit(INTERRUPTED_EXIT) from None
 
     return wrapper

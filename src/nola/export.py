@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from nola.fileio import atomic_path, write_text_atomic
 from nola.adapters import adapted_layers, adapter_config_of
-from nola.adapters.checkpoint import write_atomic
 from nola.adapters.config import MODULE_PATHS
 from nola.errors import NolaError
 from nola.model import GPT2, hf_config_dict, to_hf_state_dict
@@ -42,7 +42,8 @@ def export_hf_model(model: nn.Module, directory: str | Path) -> Path:
     tensors = {name: value.cpu() for name, value in to_hf_state_dict(plain).items()}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / HF_WEIGHTS, lambda path: save_file(tensors, str(path), metadata={"format": "pt"}))
+    with atomic_path(directory / HF_WEIGHTS) as path:
+        save_file(tensors, str(path), metadata={"format": "pt"})
     _write_json(directory / "config.json", hf_config_dict(model.config))
     return directory
 
@@ -79,10 +80,11 @@ def export_peft_adapter(model: nn.Module, directory: str | Path, *, base_model_n
     }
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / PEFT_WEIGHTS, lambda path: save_file(tensors, str(path), metadata={"format": "pt"}))
+    with atomic_path(directory / PEFT_WEIGHTS) as path:
+        save_file(tensors, str(path), metadata={"format": "pt"})
     _write_json(directory / PEFT_CONFIG, peft_config)
     return directory
 
 
 def _write_json(path: Path, document: dict) -> None:
-    write_atomic(path, lambda temp: temp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"))
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")

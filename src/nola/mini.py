@@ -1,4 +1,4 @@
-"""The offline mini reproduction (issue 8): `python -m nola.mini [options] [hydra overrides]`.
+"""The offline mini reproduction: `python -m nola.mini [options] [hydra overrides]`.
 
 `make mini` (scripts/mini.sh) prepares the data, then runs this. Every stage goes through the same
 code as the full-scale runs (`nola.train.train`, `nola.run.run`); only the configs differ
@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 from nola.build import build_model
 from nola.config import compose_config
 from nola.data import Example, ReferenceGroup, load_examples, load_reference_groups
-from nola.data.files import read_json, sha256_file, write_json_atomic, write_text_atomic
+from nola.fileio import read_json, sha256_file, write_json_atomic, write_text_atomic
 from nola.data.records import split_path, write_examples
 from nola.data.references import group_references, write_reference_files
 from nola.allocator import keep_freed_memory

@@ -1,6 +1,6 @@
 """One experiment end to end: train → decode → score → results.json. `python -m nola.run [hydra overrides]`.
 
-`python -m nola.run experiment=e2e/nola_gpt2m` is a paper-table cell (DESIGN.md §2 data path):
+`python -m nola.run experiment=e2e/nola_gpt2m` is a paper-table cell:
 1. train (`nola.train.train`, which resumes from the run's last checkpoint) into the run directory;
    skipped for `adapter=none` and once train_metrics.json records a finished (or budget-stopped) run;
 2. decode every reference group of `decode.split` with the final adapter merged into the base
@@ -10,7 +10,7 @@
    and settings;
 3. score with the official-equivalent scorers (`nola.metrics`: E2E five metrics; WebNLG BLEU,
    METEOR, TER for all/seen/unseen categories; DART BLEU, METEOR, TER) and write results.json
-   (schema in .plan/CONTRACTS.md, metric scales in eval/README.md); skipped when results.json
+   (schema in `nola.tables.schema`, metric scales in eval/README.md); skipped when results.json
    already scores the current hypotheses against the current references.
 Rerunning the same command therefore resumes wherever it stopped. The metrics are printed as JSON.
 """
@@ -21,7 +21,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,10 +32,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from nola.adapters import as_adapter_config, read_adapter_config
 from nola.adapters.checkpoint import WEIGHTS_FILE
+from nola.bench.machine import cpu_model
 from nola.build import build_model
-from nola.config import CONF_DIR, register_schemas
-from nola.data import ReferenceGroup, load_reference_groups
-from nola.data.files import read_json, sha256_file, write_json_atomic
+from nola.config import CONF_DIR, launch, typed_config
+from nola.data import ReferenceGroup, load_reference_groups, reference_files
+from nola.fileio import ensure_writable_dir, read_json, sha256_file, write_json_atomic
 from nola.decode.hypotheses import decode_split, write_hypotheses
 from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
@@ -48,13 +48,16 @@ from nola.train import METRICS_FILE, train
 RESULTS_FILE = "results.json"
 DECODE_RECORD = "decode.json"
 RESULTS_SCHEMA = 1
-GEM_BLEU_SCALE = 100.0  # GenerationEval prints multi-bleu-detok's BLEU x 100 (eval/README.md, "Scales")
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None, *, experiment: str | None = None,
         tag: str | None = None) -> dict[str, Any]:
     """Train, decode and score per `cfg` in `run_dir` (default paths.runs_dir/name); return results.json."""
+    typed_config(cfg)  # decode and score settings are checked before training starts
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.paths.runs_dir) / str(cfg.name)
+    ensure_writable_dir(run_dir, what="paths.runs_dir (or hydra.run.dir)")
+    if cfg.decode.out_dir is not None:
+        ensure_writable_dir(Path(cfg.decode.out_dir), what="decode.out_dir")
     if cfg.decode.split not in ("valid", "test"):
         raise NolaError(f"decode.split={cfg.decode.split!r}: the run pipeline scores valid or test")
     groups = load_reference_groups(cfg.task.data_dir, cfg.task.name, cfg.decode.split)
@@ -99,7 +102,7 @@ def decode_device(train_cfg) -> torch.device:
 
 
 def decode_settings(decode_cfg) -> dict[str, Any]:
-    """The beam-search hyper-parameters of `decode` (DESIGN.md §3), as recorded in decode.json."""
+    """The beam-search hyper-parameters of `decode` (microsoft/LoRA examples/NLG), as recorded in decode.json."""
     keys = ("beam", "length_penalty", "no_repeat_ngram_size", "repetition_penalty", "max_new_tokens")
     return {**{key: decode_cfg[key] for key in keys}, "eos_ids": [int(i) for i in decode_cfg.eos_ids]}
 
@@ -124,7 +127,8 @@ def decode_stage(cfg: DictConfig, run_dir: Path, adapter_dir: Path | None,
         if record.get("key") == key and len(hypotheses) == len(groups) and record.get("sha256") == sha256_file(path):
             return hypotheses, record
     started = time.perf_counter()
-    found = decode_split(built.model, built.tokenizer, [group.context for group in groups], cfg.decode)
+    found = decode_split(built.model, built.tokenizer, [group.context for group in groups], cfg.decode,
+                         source=str(reference_files(cfg.task.data_dir, cfg.task.name, cfg.decode.split).contexts))
     decode_s = time.perf_counter() - started
     path, _ = write_hypotheses(found, out_dir, cfg.decode.split)
     hypotheses = [hypothesis.text for hypothesis in found]
@@ -182,21 +186,16 @@ def score_stage(cfg: DictConfig, run_dir: Path, groups: list[ReferenceGroup], hy
 def score(task: str, groups: list[ReferenceGroup], hypotheses: list[str]) -> dict[str, Any]:
     """The metrics object of results.json: E2E five metrics; WebNLG all/seen/unseen; DART three.
 
-    Scales as eval/README.md fixes them (each metric as the official tool prints it): E2E as
-    e2e-metrics prints (fractions); WebNLG/DART BLEU 0–100 as GenerationEval prints it, METEOR and
-    TER fractions. `nola.metrics` returns BLEU as a fraction, hence GEM_BLEU_SCALE.
+    Scales as eval/README.md fixes them (each metric as the official tool prints it, which is how
+    `nola.metrics` returns them): E2E as e2e-metrics prints (fractions); WebNLG/DART BLEU 0–100 as
+    GenerationEval prints it, METEOR and TER fractions.
     """
     references = [group.references for group in groups]
     if task == "e2e":
         return score_e2e(references, hypotheses)
     if task == "dart":
-        return _gem_scale(score_gem(references, hypotheses))
-    seen = [bool(group.seen) for group in groups]
-    return {subset: _gem_scale(metrics) for subset, metrics in score_webnlg(references, hypotheses, seen).items()}
-
-
-def _gem_scale(metrics: dict[str, float]) -> dict[str, float]:
-    return {**metrics, "BLEU": metrics["BLEU"] * GEM_BLEU_SCALE}
+        return score_gem(references, hypotheses)
+    return score_webnlg(references, hypotheses, [bool(group.seen) for group in groups])
 
 
 def quantization_record(cfg: DictConfig, adapter_dir: Path) -> dict[str, Any]:
@@ -214,14 +213,7 @@ def machine_description() -> str:
     """e.g. `cpu: Intel Xeon ... (2 cores), torch 2.x` or the CUDA device name."""
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"cpu: {name} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), torch {torch.__version__}"
+    return f"cpu: {cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), torch {torch.__version__}"
 
 
 def _digest(value: Any) -> str:
@@ -230,15 +222,17 @@ def _digest(value: Any) -> str:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """The objective a Hydra sweeper maximises: BLEU (WebNLG: over all categories), as results.json holds it."""
     from hydra.core.hydra_config import HydraConfig
 
     keep_freed_memory()
     runtime = HydraConfig.get().runtime
     results = run(cfg, runtime.output_dir, experiment=runtime.choices.get("experiment"))
     print(json.dumps(results["metrics"], indent=2))
+    metrics = results["metrics"]
+    return float(metrics["all"]["BLEU"] if "all" in metrics else metrics["BLEU"])
 
 
 if __name__ == "__main__":
-    register_schemas()
-    main()
+    launch(main)

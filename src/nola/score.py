@@ -9,7 +9,11 @@ E2E (tuetschek/e2e-metrics `measure_scores.py -p`): REFS holds each group's refe
 groups separated by an empty line (a file without empty lines is one reference per instance, as
 there); HYPS one line per group. WebNLG/DART (GenerationEval `eval.py -nr 6`): one reference file per
 reference index, one line per instance. CATEGORIES: `seen` or `unseen` per instance; the scores are
-then given for all, seen and unseen instances. Scores are fractions (BLEU 0.465 = 46.5).
+then given for all, seen and unseen instances.
+
+Scales: each metric as the official tool prints it, as in results.json (eval/README.md, "Scales"):
+E2E BLEU, METEOR, ROUGE_L fractions, NIST and CIDEr as printed; WebNLG/DART BLEU 0-100
+(GenerationEval's "BLEU = 46.52"), METEOR and TER fractions. The printed JSON says so in "scale".
 """
 
 from __future__ import annotations
@@ -20,12 +24,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nola.data.files import write_json_atomic
+from nola.fileio import ensure_writable_dir, write_json_atomic
 from nola.errors import NolaError, exit_on_user_error
 from nola.metrics.e2e import score_e2e
 from nola.metrics.gem import score_gem, score_webnlg
 
 TASKS = ("e2e", "webnlg", "dart")
+SCALES = {
+    "e2e": "as e2e-metrics prints: BLEU, METEOR, ROUGE_L fractions; NIST, CIDEr as printed",
+    "webnlg": "as GenerationEval prints: BLEU 0-100; METEOR, TER fractions",
+    "dart": "as GenerationEval prints: BLEU 0-100; METEOR, TER fractions",
+}
 CATEGORY_VALUES = {"seen": True, "unseen": False}
 WARNING_LINES_SHOWN = 5
 
@@ -137,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    scores = score_files(args.task, args.refs, args.hyps, args.categories)
+    if args.out is not None:
+        ensure_writable_dir(args.out.parent if str(args.out.parent) else Path("."), what="--out")
+    scores = {"scale": SCALES[args.task], **score_files(args.task, args.refs, args.hyps, args.categories)}
     if args.out is not None:
         write_json_atomic(args.out, scores)
     print(json.dumps(scores, indent=2))

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from nola.errors import NolaError
 
 VOCAB_FILES = ("encoder.json", "vocab.bpe")
-EOS_ID = 50256  # <|endoftext|>, used as both bos and eos in the LoRA data layout (DESIGN.md §3)
+EOS_ID = 50256  # <|endoftext|>, used as both bos and eos in the LoRA data layout (microsoft/LoRA examples/NLG)
 
 
 @dataclass(frozen=True)

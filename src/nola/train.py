@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nola.adapters import as_adapter_config, save_adapter
+from nola.adapters import save_adapter
 from nola.build import build_model, resolve_weights
-from nola.config import CONF_DIR, register_schemas
-from nola.data.config import check_batching
-from nola.data.files import write_json_atomic, write_text_atomic
+from nola.config import CONF_DIR, launch, typed_config
+from nola.fileio import ensure_writable_dir, write_json_atomic, write_text_atomic
 from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
 from nola.model import GPT2Config
@@ -32,7 +30,14 @@ from nola.tokenizer import load_tokenizer
 from nola.training import checkpoint as ckpt
 from nola.training.config import check_train_config
 from nola.training.data import load_training_data
-from nola.training.distributed import DistContext, barrier, broadcast_parameters, init_distributed, shutdown_distributed
+from nola.training.distributed import (
+    DistContext,
+    barrier,
+    broadcast_parameters,
+    init_distributed,
+    main_process_first,
+    shutdown_distributed,
+)
 from nola.training.loop import TrainingJob, TrainState, fit, restore, schedule_for
 from nola.training.monitor import Monitor
 from nola.training.optim import autocast_dtype, build_optimizer, exact_float32, grad_scaler
@@ -45,6 +50,7 @@ RESUME_FREE_KEYS = {
     "task": {"data_dir"},
     "train": {
         "max_steps", "max_time_s", "log_every", "save_every", "keep_last", "resume", "device", "eval_every_epoch",
+        "dist_timeout_s",
     },
 }
 
@@ -56,8 +62,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     any other work), the run directory, the data (missing files fail here, before the model is
     loaded), the model; then the loop, resuming if a checkpoint exists.
     """
+    typed_config(cfg)  # every schema check, before the process group, the weights or the data
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.paths.runs_dir) / str(cfg.name)
-    ctx = init_distributed(cfg.train.device)
+    ctx = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     try:
         return _train(cfg, run_dir, ctx)
     finally:
@@ -66,9 +73,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
 
 def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext) -> dict:
     check_train_config(cfg.train, ctx.world_size)
-    check_batching(cfg.task)
-    as_adapter_config(cfg.adapter)  # validates the adapter settings before any work
-    weights = _main_first(ctx, lambda: resolve_weights(cfg.model, cfg.paths.cache_dir))
+    weights = main_process_first(ctx, lambda: resolve_weights(cfg.model, cfg.paths.cache_dir))
     if not cfg.train.resume and ckpt.latest_name(run_dir / "checkpoints"):
         raise NolaError(
             f"train.resume=false but {run_dir / 'checkpoints'} holds checkpoints; delete that directory to start "
@@ -123,32 +128,9 @@ def resume_record(cfg: DictConfig, fingerprint: str) -> dict:
     return record
 
 
-def _main_first(ctx: DistContext, work):
-    """Run `work` on the main process, then on the others (downloads and caches are shared)."""
-    if ctx.is_main:
-        result = work()
-        barrier(ctx)
-        return result
-    barrier(ctx)
-    return work()
-
-
-def ensure_writable_dir(directory: Path) -> None:
-    """Create `directory` if needed and prove a file can be written there (NolaError otherwise)."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise NolaError(
-            f"cannot write the run directory {directory} ({err.strerror or err}); "
-            "set paths.runs_dir (or hydra.run.dir) to a writable directory"
-        ) from None
-
-
 def _prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     """Create the run directory, prove it is writable, and record the resolved configuration."""
-    ensure_writable_dir(run_dir)
+    ensure_writable_dir(run_dir, what="paths.runs_dir (or hydra.run.dir)")
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
@@ -159,10 +141,10 @@ class RunDirCheck(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        exit_on_user_error(ensure_writable_dir)(Path(config.hydra.run.dir))
+        exit_on_user_error(ensure_writable_dir)(Path(config.hydra.run.dir), what="paths.runs_dir (or hydra.run.dir)")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        exit_on_user_error(ensure_writable_dir)(Path(config.hydra.sweep.dir))
+        exit_on_user_error(ensure_writable_dir)(Path(config.hydra.sweep.dir), what="paths.runs_dir (or hydra.sweep.dir)")
 
 
 def _metrics(job: TrainingJob, state: TrainState, reason: str, run_dir: Path) -> dict:
@@ -217,13 +199,13 @@ def _write_final_adapter(job: TrainingJob, target: Path, metrics: dict) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """The objective a Hydra sweeper minimises: the final validation loss (token mean)."""
     from hydra.core.hydra_config import HydraConfig
 
     keep_freed_memory()
-    train(cfg, HydraConfig.get().runtime.output_dir)
+    return train(cfg, HydraConfig.get().runtime.output_dir)["valid_loss"]
 
 
 if __name__ == "__main__":
-    register_schemas()
-    main()
+    launch(main)

@@ -1,7 +1,7 @@
 """LoRA and NOLA adapters for GPT-2: config, injection, merge, adapter-only checkpoints, quantization.
 
 LoRA: Hu et al., ICLR 2022. NOLA: Koohpayegani et al., "NOLA: Compressing LoRA using Linear
-Combination of Random Basis", ICLR 2024. See DESIGN.md §5 for the reference code's hazards avoided.
+Combination of Random Basis", ICLR 2024. The README lists the reference code's hazards this package avoids.
 """
 
 from nola.adapters.checkpoint import (

@@ -9,10 +9,7 @@ base fingerprint (`nola.model.base_fingerprint`); loading refuses any mismatch w
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,8 @@ from nola.adapters.inject import (
     nola_seeds,
     nola_slots,
 )
-from nola.adapters import quantize as quantization
+from nola.adapters.quantize import dequantize_vectors, quantize_coefficients_, quantize_vectors
+from nola.fileio import atomic_path, write_text_atomic
 from nola.errors import NolaError
 from nola.model import base_fingerprint as fingerprint_of
 
@@ -58,7 +56,7 @@ def adapter_tensors(model: nn.Module, quant_bits: int | None = None) -> dict[str
         return {name: param.detach() for name, param in params.items()}
     if adapter_config_of(model).kind != "nola":
         raise NolaError("only NOLA coefficients can be stored quantized (adapter.quant_bits)")
-    stored = quantization.quantize_vectors(list(params.values()), quant_bits)
+    stored = quantize_vectors(list(params.values()), quant_bits)
     return {f"{QUANTIZED_PREFIX}.{part}": value for part, value in stored.items()}
 
 
@@ -66,7 +64,7 @@ def quantize_adapter_(model: nn.Module, bits: int) -> None:
     """Round NOLA's coefficients to `bits`-bit levels in place (what a quantized file restores)."""
     if adapter_config_of(model).kind != "nola":
         raise NolaError("only NOLA coefficients can be quantized")
-    quantization.quantize_coefficients_(adapter_params(model), bits)
+    quantize_coefficients_(adapter_params(model), bits)
 
 
 def save_adapter(
@@ -104,22 +102,10 @@ def save_adapter(
         text = json.dumps(document, indent=1) + "\n"
     except TypeError as err:
         raise NolaError(f"save_adapter: `extra` must hold JSON values only ({err})") from None
-    write_atomic(directory / WEIGHTS_FILE, lambda path: save_file(tensors, str(path)))
-    write_atomic(directory / CONFIG_FILE, lambda path: path.write_text(text, encoding="utf-8"))
+    with atomic_path(directory / WEIGHTS_FILE) as path:
+        save_file(tensors, str(path))
+    write_text_atomic(directory / CONFIG_FILE, text)
     return directory
-
-
-def write_atomic(target: Path, write: Callable[[Path], object]) -> None:
-    """Call write(temp) on a temporary file beside `target`, then rename it over `target`."""
-    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(handle)
-    try:
-        write(Path(temp))
-        os.chmod(temp, 0o644)  # mkstemp makes it owner-only; results are meant to be shared
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
@@ -233,7 +219,7 @@ def _copy_tensors(model: nn.Module, path: Path, bits: int | None) -> None:
         values = [stored[name] for name in params]
     else:
         parts = {key.removeprefix(QUANTIZED_PREFIX + "."): value for key, value in stored.items()}
-        values = quantization.dequantize_vectors(parts, bits, [param.numel() for param in params.values()])
+        values = dequantize_vectors(parts, bits, [param.numel() for param in params.values()])
     with torch.no_grad():
         for param, value in zip(params.values(), values):
             param.copy_(value.view_as(param))

@@ -194,6 +194,15 @@ class AdaptedLinear(nn.Module):
         self._covers_all = len(rows) == 1 and next(iter(rows.values())) == (0, base_layer.out_features)
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped layer's weight (merged with the adapters while `merged`), as nn.Linear names it."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
     def in_features(self) -> int:
         return self.base_layer.in_features
 

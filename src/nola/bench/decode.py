@@ -2,7 +2,7 @@
 
 Both decode the same E2E-like prompts (context lengths around E2E's median of 28 tokens with the
 bos, random token ids) with the same random GPT-2 (our weights loaded into `GPT2LMHeadModel`) on
-the CPU, all prompts in one batch, with the paper's settings (DESIGN.md §3): beam 10, length
+the CPU, all prompts in one batch, with the paper's settings (microsoft/LoRA examples/NLG): beam 10, length
 penalty 0.8, no_repeat_ngram 4, at most 64 new tokens, eos ids {50256, 628}.
 
 - `ours`: `nola.decode.beam_search` (LoRA's beam semantics, KV cache, prompt run once per input);

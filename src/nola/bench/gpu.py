@@ -1,7 +1,7 @@
 """Section 4 (CUDA only): GPT-2 M and L training steps in bf16, and the projected paper run.
 
 Random-weight GPT-2 Medium and Large (the papers' models; weights do not change the cost) train
-LoRA and NOLA on the q/v projections with the papers' recipes (DESIGN.md §5): GPT-2 M one batch
+LoRA and NOLA on the q/v projections with the papers' recipes (UCDvision/NOLA and microsoft/LoRA GPT-2 scripts): GPT-2 M one batch
 of 8 sequences per step (NOLA: 512 bases, α 8); GPT-2 L 16 sequences per step as 4 micro-batches
 of 4 (NOLA: 256 bases, α 2). The model is float32 with bf16 autocast, as `train.precision=auto`
 runs it on CUDA. Batches are E2E-like (`training.e2e_like_batch`). Each step is the project's

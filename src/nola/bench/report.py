@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nola.data.files import write_json_atomic, write_text_atomic
+from nola.fileio import write_json_atomic, write_text_atomic
 from nola.errors import NolaError
 
 SCHEMA = 1

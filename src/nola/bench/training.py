@@ -55,7 +55,7 @@ CPU_CONFIG = GPT2Config(n_embd=768, n_layer=4, n_head=12)
 LORA = AdapterConfig(kind="lora", rank=4, alpha=32.0, dropout=0.1, targets=["q", "v"], modules=["c_attn"])
 NOLA = AdapterConfig(kind="nola", rank=8, alpha=8.0, dropout=0.0, targets=["q", "v"], modules=["c_attn"],
                      num_basis_a=512, num_basis_b=512)
-LABEL_SMOOTHING = 0.1  # LoRA/NOLA GPT-2 recipes (DESIGN.md §5)
+LABEL_SMOOTHING = 0.1  # LoRA/NOLA GPT-2 recipes (UCDvision/NOLA and microsoft/LoRA GPT-2 scripts)
 EOS_ID = 50256
 PAD_ID = 0
 
@@ -63,7 +63,7 @@ PAD_ID = 0
 def e2e_like_batch(
     vocab_size: int, *, seed: int, context_lengths=E2E_CONTEXT_LENGTHS, completion_lengths=E2E_COMPLETION_LENGTHS
 ) -> Batch:
-    """Random token ids laid out as the data stage lays out E2E rows (CONTRACTS.md batch contract)."""
+    """Random token ids laid out as the data stage lays out E2E rows (`nola.data.batching`'s batch contract)."""
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for context, completion in zip(context_lengths, completion_lengths):

@@ -1,4 +1,4 @@
-"""The data stage: E2E, WebNLG and DART from raw files to padded batches (DESIGN.md §2, §3).
+"""The data stage: E2E, WebNLG and DART from raw files to padded batches (microsoft/LoRA examples/NLG/src).
 
 `python -m nola.data.prepare` (`make data`) fetches and converts the datasets into
 `data/<task>/{train,valid,test}.jsonl` plus reference files; the functions below read them.

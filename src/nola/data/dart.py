@@ -1,7 +1,7 @@
 """DART v1.1.1 (Nan et al., NAACL 2021) from `dart-v1.1.1-full-{train,dev,test}.json`.
 
 The file is a list of `{"tripleset": [[subj, rel, obj], ...], "annotations": [{"text", ...}]}`.
-As in LoRA's `format_converting_dart.py` (DESIGN.md §3): the relation is lowercased, the triples are
+As in LoRA's `format_converting_dart.py` (microsoft/LoRA examples/NLG): the relation is lowercased, the triples are
 linearised as `subj : rel : obj | ...`, and every annotation is one example (so one context can have
 many references). An empty annotation text is kept, as LoRA keeps it (the test split has one), and
 counted in the task manifest.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nola.data.files import expect_type, json_field, read_json
+from nola.fileio import expect_type, json_field, read_json
 from nola.data.records import ConvertedSplit, Example, linearize_triples
 from nola.errors import NolaError
 

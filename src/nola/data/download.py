@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nola.data.files import HASH_CHUNK, FileDigest, atomic_path, digest_file
+from nola.fileio import HASH_CHUNK, FileDigest, atomic_path, digest_file
 from nola.data.sources import RawFile
 from nola.errors import NolaError
 

@@ -3,7 +3,7 @@
 Each line of microsoft/LoRA `examples/NLG/data/e2e/{train,valid,test}.txt` is
 `name : The Vaults | Type : pub | ...||The Vaults pub near ...`. As in LoRA's
 `format_converting_e2e.py`, the line is stripped, the MR is the context and the text is the
-completion (DESIGN.md §3). Unlike it, a malformed line is an error instead of a crash or a silently
+completion (microsoft/LoRA examples/NLG). Unlike it, a malformed line is an error instead of a crash or a silently
 misread example.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nola.data.files import read_utf8
+from nola.fileio import read_utf8
 from nola.data.records import ConvertedSplit, Example
 from nola.errors import NolaError
 

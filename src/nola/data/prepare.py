@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from nola.data.config import SPLITS, TASKS
 from nola.data.download import FetchResult, fetch_raw_file
-from nola.data.files import read_json, write_json_atomic, write_text_atomic
+from nola.fileio import ensure_writable_dir, read_json, write_json_atomic, write_text_atomic
 from nola.data.records import render_examples, split_path
 from nola.data.references import EVAL_SPLITS, group_references, render_reference_files
 from nola.data.sources import RawFile, load_sources, sources_for
@@ -128,6 +128,9 @@ def prepare(
 ) -> dict:
     """Prepare each task; returns {task: manifest + timings} (see the module docstring)."""
     data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise NolaError(f"--data-dir {data_dir} is a file, not a directory; give a directory to prepare the data in")
+    ensure_writable_dir(data_dir, what="--data-dir")
     mirror = Path(mirror) if mirror is not None else None
     if mirror is not None and not mirror.is_dir():
         raise NolaError(f"--mirror {mirror} is not a directory")

@@ -1,7 +1,7 @@
 """The prepared examples: `data/<task>/<split>.jsonl`, one `{"context", "completion"}` per line.
 
 WebNLG lines also carry `"category"` and `"seen"` (whether the category is one of the ten seen in
-training, DESIGN.md §3). This is the layout of LoRA's `format_converting_*.py` output (Hu et al.,
+training). This is the layout of LoRA's `format_converting_*.py` output (Hu et al.,
 2022, examples/NLG), with WebNLG's `"cate"` flag renamed `"seen"` and the category name kept.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nola.data.config import check_split, check_task_name
-from nola.data.files import json_field, read_jsonl, write_text_atomic
+from nola.fileio import json_field, read_jsonl, write_text_atomic
 from nola.errors import NolaError
 
 

@@ -1,7 +1,7 @@
 """Reference groups for scoring, and the files the official scorers read.
 
 References are grouped by identical context in order of first appearance, as LoRA's
-`gpt2_decode.py` groups them (DESIGN.md §3): E2E test has 630 groups, WebNLG test 1,862 (971 seen,
+`gpt2_decode.py` groups them (microsoft/LoRA examples/NLG): E2E test has 630 groups, WebNLG test 1,862 (971 seen,
 891 unseen), DART test 4,159. Each reference is `.strip()`-ed, as there.
 
 Files written per task and evaluation split (`data/<task>/`):
@@ -10,7 +10,7 @@ Files written per task and evaluation split (`data/<task>/`):
 - E2E: `<split>_refs.txt`, tuetschek/e2e-metrics' multi-reference format: a group's references one
   per line, groups separated by an empty line (raw text; the scorer lowercases and tokenizes).
 - WebNLG, DART: `<split>_refs/reference0` .. `reference5`, LoRA's `--ref_type webnlg|dart --ref_num 6
-  --tokenize --lower` convention for GenerationEval (DESIGN.md §4): lowercased, split with
+  --tokenize --lower` convention for GenerationEval (eval/README.md): lowercased, split with
   `re.split('(\\W)')`, one line per group; a group with fewer than 6 references repeats its first,
   one with more keeps its first 6.
 - WebNLG: `<split>_categories.txt` (`seen` or `unseen` per group) and the reference files restricted
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nola.data.config import check_split, check_task_name
-from nola.data.files import expect_type, json_field, read_jsonl, render_lines, write_text_atomic
+from nola.fileio import expect_type, json_field, read_jsonl, render_lines, write_text_atomic
 from nola.data.records import Example, read_category
 from nola.errors import NolaError
 

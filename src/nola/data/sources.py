@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nola.data.files import FileDigest, expect_type, json_field, read_json
+from nola.fileio import FileDigest, expect_type, json_field, read_json
 from nola.errors import NolaError
 
 SOURCES_SCHEMA = 1

@@ -1,6 +1,6 @@
 """Tokenize a prepared split once and cache the ids beside the data.
 
-Token layout (DESIGN.md §3; LoRA `gpt2_encode.py --add_bos --add_eos`): context ids =
+Token layout (LoRA `gpt2_encode.py --add_bos --add_eos`): context ids =
 encode(context) + [bos], completion ids = encode(' ' + completion) + [eos], with bos = eos =
 <|endoftext|> (50256). The cache file `<data_dir>/<task>/cache/<split>.<key>.npz` is keyed by the
 tokenizer's fingerprint, the sha256 of the split's .jsonl and the layout, so changing any of them
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nola.data.files import atomic_path, sha256_file
+from nola.fileio import atomic_path, sha256_file
 from nola.data.records import Example, load_examples, split_path
 from nola.tokenizer import EOS_ID, GPT2Tokenizer
 
@@ -31,7 +31,7 @@ ARRAYS = ("context_ids", "context_offsets", "completion_ids", "completion_offset
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """How an example becomes tokens (DESIGN.md §3): bos after the context, eos after the completion."""
+    """How an example becomes tokens (microsoft/LoRA examples/NLG): bos after the context, eos after the completion."""
 
     bos_id: int = EOS_ID
     eos_id: int = EOS_ID

@@ -1,7 +1,7 @@
 """WebNLG challenge 2017 (Gardent et al., INLG 2017) from the corpus-reader JSON of microsoft/LoRA.
 
 `examples/NLG/data/webnlg_challenge_2017/{train,dev,test}.json` is `{"entries": [{"1": entry}, ...]}`.
-As in LoRA's `format_converting_webnlg.py` (DESIGN.md §3): the context is the entry's
+As in LoRA's `format_converting_webnlg.py` (microsoft/LoRA examples/NLG): the context is the entry's
 `modifiedtripleset` linearised as `subj : property : obj | ...` (DBpedia underscores kept), there is
 one example per lexicalisation whose comment is "good", and the category decides seen/unseen.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nola.data.files import expect_type, json_field, read_json
+from nola.fileio import expect_type, json_field, read_json
 from nola.data.records import ConvertedSplit, Example, linearize_triples
 from nola.errors import NolaError
 
@@ -19,7 +19,7 @@ RAW_FILES = {
     "valid": "webnlg_challenge_2017/dev.json",
     "test": "webnlg_challenge_2017/test.json",
 }
-# The ten DBpedia categories of the training data; the test set adds five unseen ones (DESIGN.md §3).
+# The ten DBpedia categories of the training data; the test set adds five unseen ones (microsoft/LoRA examples/NLG).
 SEEN_CATEGORIES = frozenset(
     {
         "Airport",

@@ -32,7 +32,7 @@ before decoding: a merged model runs at the base model's speed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -105,9 +105,11 @@ def search(
     return results  # type: ignore[return-value]
 
 
-def check_inputs(config, prompts: Sequence[Sequence[int]], settings: SearchSettings, batch_size: int) -> None:
+def check_inputs(config, prompts: Sequence[Sequence[int]], settings: SearchSettings, batch_size: int,
+                 name: Callable[[int], str] = "prompt {}".format) -> None:
     """Raise a NolaError naming the setting or prompt that does not fit the model (the settings'
-    own ranges are checked when `SearchSettings` is built, in `nola/decode/config.py`)."""
+    own ranges are checked when `SearchSettings` is built, in `nola/decode/config.py`); `name(i)`
+    says where prompt i comes from."""
     vocab, window = config.vocab_size, config.n_positions
     if settings.beam > vocab:
         raise NolaError(f"decode.beam={settings.beam} must be between 1 and the vocabulary size {vocab}")
@@ -118,11 +120,11 @@ def check_inputs(config, prompts: Sequence[Sequence[int]], settings: SearchSetti
             raise NolaError(f"decode.eos_ids contains {eos}, outside the model's vocabulary [0, {vocab})")
     for index, prompt in enumerate(prompts):
         if len(prompt) == 0:
-            raise NolaError(f"prompt {index} is empty; every input needs at least one token")
+            raise NolaError(f"{name(index)} is empty; every input needs at least one token")
         needed = len(prompt) + settings.max_new_tokens - 1
         if needed > window:
             raise NolaError(
-                f"prompt {index} has {len(prompt)} tokens: with max_new_tokens={settings.max_new_tokens} it needs "
+                f"{name(index)} has {len(prompt)} tokens: with max_new_tokens={settings.max_new_tokens} it needs "
                 f"{needed} positions but the context window holds {window}; shorten it or lower decode.max_new_tokens"
             )
         if min(prompt) < 0 or max(prompt) >= vocab:

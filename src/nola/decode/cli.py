@@ -19,7 +19,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from nola.config import CONF_DIR, register_schemas
+from nola.config import CONF_DIR, launch, typed_config
+from nola.fileio import ensure_writable_dir
 from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
 
@@ -29,21 +30,24 @@ ADAPTER_SUBDIR = "adapter"  # where `python -m nola.train` saves the final adapt
 def decode_from_config(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Decode `cfg.decode.split` of `cfg.task` and write the hypothesis files; return a summary."""
     from nola.build import build_model
-    from nola.data import load_reference_groups
+    from nola.data import load_reference_groups, reference_files
     from nola.decode.hypotheses import decode_split, write_hypotheses
     from nola.training.distributed import init_distributed, shutdown_distributed
 
+    typed_config(cfg)
     split = str(cfg.decode.split)
     if split not in ("valid", "test"):
         raise NolaError(f"decode.split={split!r}: decode the valid or the test split")
     adapter_dir = find_adapter(cfg, Path(run_dir))
     out_dir = Path(cfg.decode.out_dir) if cfg.decode.out_dir is not None else Path(run_dir)
+    ensure_writable_dir(out_dir, what="decode.out_dir")
     groups = load_reference_groups(cfg.task.data_dir, cfg.task.name, split)
-    context = init_distributed(str(cfg.train.device))
+    context = init_distributed(str(cfg.train.device), cfg.train.dist_timeout_s)
     try:
         built = build_model(cfg, for_training=False, device=context.device, adapter_dir=adapter_dir)
         started = time.perf_counter()
-        hypotheses = decode_split(built.model, built.tokenizer, [g.context for g in groups], cfg.decode)
+        hypotheses = decode_split(built.model, built.tokenizer, [g.context for g in groups], cfg.decode,
+                                  source=str(reference_files(cfg.task.data_dir, cfg.task.name, split).contexts))
         decode_s = time.perf_counter() - started
         if not context.is_main:
             return {}
@@ -91,6 +95,5 @@ def main(cfg: DictConfig) -> None:
 
 
 def run() -> None:
-    """Console entry point: register the config schemas, then hand over to Hydra."""
-    register_schemas()
-    main()
+    """Console entry point: schemas registered and group choices checked, then Hydra's app."""
+    launch(main)

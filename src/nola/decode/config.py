@@ -20,7 +20,7 @@ PAPER_EOS_IDS = (50256, 628)  # <|endoftext|> and "\n\n"
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """The beam-search hyper-parameters (DESIGN.md §3; defaults are the paper scripts', see above).
+    """The beam-search hyper-parameters (microsoft/LoRA `gpt2_beam.py`; defaults are the paper scripts', see above).
 
     Construction checks what needs no model; `nola.decode.beam.check_inputs` adds the model's
     vocabulary and context window.
@@ -51,7 +51,7 @@ PAPER_SETTINGS = SearchSettings()
 
 @dataclass
 class DecodeConfig:
-    """Beam search (DESIGN.md §3) and the split it decodes.
+    """Beam search (microsoft/LoRA examples/NLG) and the split it decodes.
 
     beam: beams per input (1 = greedy).
     length_penalty: a finished hypothesis scores sum(log p) / n_generated ** length_penalty.

@@ -1,6 +1,6 @@
 """Decode a split's contexts and write the hypotheses in the scorers' format.
 
-The prompt of a context is its tokens followed by the bos 50256 (DESIGN.md §3). Each answer becomes
+The prompt of a context is its tokens followed by the bos 50256 (microsoft/LoRA examples/NLG). Each answer becomes
 text as microsoft/LoRA's `gpt2_decode.py` makes it: the decoded tokens cut at the first
 `<|endoftext|>` and at the first blank line ("\\n\\n", which is also eos id 628 but can come from
 other tokens, e.g. two "\\n"), then stripped. Runs of whitespace are joined into one space so every
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from nola.data import TokenLayout
-from nola.data.files import render_lines, write_text_atomic
-from nola.decode.beam import search
+from nola.fileio import render_lines, write_text_atomic
+from nola.decode.beam import check_inputs, search
 from nola.decode.config import search_settings
 from nola.errors import NolaError
 
@@ -54,18 +54,23 @@ def hypothesis_text(tokenizer, tokens: list[int]) -> str:
 
 
 def context_prompts(tokenizer, contexts: list[str]) -> list[list[int]]:
-    """Context tokens + bos, as in training (DESIGN.md §3)."""
+    """Context tokens + bos, as in training (microsoft/LoRA examples/NLG)."""
     bos = TokenLayout().bos_id
     return [ids + [bos] for ids in tokenizer.encode_batch(contexts)]
 
 
-def decode_split(model, tokenizer, contexts: list[str], decode_cfg, *, progress: bool = True) -> list[Hypothesis]:
+def decode_split(model, tokenizer, contexts: list[str], decode_cfg, *, progress: bool = True,
+                 source: str | None = None) -> list[Hypothesis]:
     """Beam-search every context with `model` (adapters merged); one Hypothesis per context, in order.
 
-    Under an initialised torch.distributed group each rank decodes its share and rank 0 returns
-    all of them (other ranks return []).
+    Every prompt is checked against the model before any search, a bad one named by its line in
+    `source` (the `<split>_contexts.txt` the contexts come from), else by its index. Under an
+    initialised torch.distributed group each rank decodes its share and rank 0 returns all of them
+    (other ranks return []).
     """
     prompts = context_prompts(tokenizer, contexts)
+    name = (lambda i: f"{source}:{i + 1} (context {i})") if source else "context {}".format
+    check_inputs(model.config, prompts, search_settings(decode_cfg), int(decode_cfg.batch_size), name)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     by_length = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     mine = by_length[rank::world]

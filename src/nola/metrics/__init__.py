@@ -1,4 +1,4 @@
-"""Built-in scoring that gives the official numbers of the LoRA/NOLA papers (DESIGN.md §4).
+"""Built-in scoring that gives the official numbers of the LoRA/NOLA papers (eval/README.md).
 
 - `score_e2e` (E2E): tuetschek/e2e-metrics `measure_scores.py -p` — BLEU, NIST, METEOR, ROUGE_L, CIDEr.
 - `score_gem`, `score_webnlg` (DART, WebNLG): LoRA's `gpt2_decode.py --tokenize --lower --ref_num 6`

@@ -1,6 +1,6 @@
 """Corpus BLEU (Papineni et al. 2002) and NIST (Doddington 2002) as the official tools compute them.
 
-DESIGN.md §4:
+eval/README.md describes the official tools:
 - `e2e_bleu`, `e2e_nist`: tuetschek/e2e-metrics `metrics/pymteval.py` (`measure_scores.py -p`):
   BLEU-4 with the closest reference length (ties: the shorter one) and a tiny floor on zero counts;
   NIST-5 with information weights from all references of the corpus (the Python port: it differs

@@ -1,4 +1,4 @@
-"""E2E scores as tuetschek/e2e-metrics `measure_scores.py -p` computes them (DESIGN.md §4).
+"""E2E scores as tuetschek/e2e-metrics `measure_scores.py -p` computes them (eval/README.md).
 
 The LoRA and NOLA papers score E2E with `measure_scores.py e2e_ref.txt e2e_pred.txt -p`:
 - BLEU and NIST: the Python mteval port on lowercased mteval-v13a tokens (`bleu_nist`);

@@ -1,10 +1,10 @@
-"""WebNLG and DART scores as LoRA's pipeline computes them (DESIGN.md §4).
+"""WebNLG and DART scores as LoRA's pipeline computes them, on the scales GenerationEval prints.
 
 microsoft/LoRA examples/NLG: `gpt2_decode.py --ref_type webnlg|dart --ref_num 6 --tokenize --lower`
 writes lowercased text split at every non-word character, six references per instance (a group
 with fewer repeats its first, extra ones are dropped), then WebNLG/GenerationEval `eval.py -nr 6
 -m bleu,meteor,ter` scores the files:
-- BLEU: multi-bleu-detok.perl on those files (mteval-v13a tokens), as a fraction here;
+- BLEU: multi-bleu-detok.perl on those files (mteval-v13a tokens), 0-100 as it prints it;
 - METEOR: meteor-1.5.jar `-l en -norm -r 6` on `nltk.word_tokenize`d text;
 - TER: pyter per (hypothesis, reference) pair on the same tokens, minimum over the references,
   averaged over instances.
@@ -27,6 +27,8 @@ from nola.metrics.e2e import check_groups
 from nola.metrics.meteor import MeteorProcess
 from nola.metrics.ter import min_ter
 from nola.metrics.tokenize import mteval_13a_perl, treebank_tokenize
+
+GEM_BLEU_SCALE = 100.0  # GenerationEval parses multi-bleu-detok.perl's "BLEU = 46.52"
 
 TER_PROGRESS_MIN = 500  # show a TER progress bar from this many instances on
 
@@ -60,7 +62,7 @@ def score_gem_subsets(references: Sequence[Sequence[str]], hypotheses: Sequence[
     scores = {}
     for name, indices in subsets.items():
         scores[name] = {
-            "BLEU": multi_bleu_detok([bleu_refs[i] for i in indices], [bleu_hyps[i] for i in indices]),
+            "BLEU": GEM_BLEU_SCALE * multi_bleu_detok([bleu_refs[i] for i in indices], [bleu_hyps[i] for i in indices]),
             "METEOR": meteors[name],
             "TER": sum(ters[i] for i in indices) / len(indices),
         }

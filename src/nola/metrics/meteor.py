@@ -1,4 +1,4 @@
-"""Corpus METEOR 1.5 (Denkowski & Lavie 2014) as pycocoevalcap and GenerationEval run it (DESIGN.md §4).
+"""Corpus METEOR 1.5 (Denkowski & Lavie 2014) as pycocoevalcap and GenerationEval run it (eval/README.md).
 
 One Java process: `java -jar -Xmx2G meteor-1.5.jar - - -stdio -l en -norm`. Each segment is sent as
 `SCORE ||| ref_1 ||| ... ||| ref_k ||| hypothesis` and answers with its statistics; one

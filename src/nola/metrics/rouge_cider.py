@@ -1,4 +1,4 @@
-"""ROUGE-L and CIDEr as pycocoevalcap computes them (tuetschek/e2e-metrics' copy; DESIGN.md §4).
+"""ROUGE-L and CIDEr as pycocoevalcap computes them (tuetschek/e2e-metrics' copy).
 
 Both read PTB-tokenized, lowercased text with punctuation removed (`tokenize.ptb_tokenize`).
 - ROUGE-L (Lin 2004, β = 1.2): per segment F from the best LCS precision and the best LCS recall

@@ -1,4 +1,4 @@
-"""TER as GenerationEval computes it with `pyter` (PyPI pyter3 0.3), exactly, but fast (DESIGN.md §4).
+"""TER as GenerationEval computes it with `pyter` (PyPI pyter3 0.3), exactly, but fast (eval/README.md).
 
 pyter's TER (Snover et al. 2006, simplified): while some shift lowers the Levenshtein distance,
 apply the best one. The candidate shifts move `hyp[i:i+k]` to position `j` of the remaining words,

@@ -1,4 +1,4 @@
-"""The tokenizers the official scorers apply before counting (DESIGN.md §4).
+"""The tokenizers the official scorers apply before counting (eval/README.md).
 
 - `mteval_13a`: the mteval-v13a / multi-bleu-detok punctuation tokenizer, in the two flavours the
   official tools run: tuetschek/e2e-metrics' Python port (`metrics/pymteval.py`, Unicode regexes)

@@ -249,6 +249,20 @@ class GPT2(nn.Module):
         return positions, mask[:, None]
 
 
+def hf_config_dict(config: GPT2Config) -> dict:
+    """An HF `config.json` for this architecture (what transformers needs to rebuild it)."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "n_ctx": config.n_positions,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "initializer_range": 0.02,
+        **{f: getattr(config, f) for f in GPT2Config.__dataclass_fields__},
+    }
+
+
 def init_gpt2(config: GPT2Config, seed: int = 0) -> GPT2:
     """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/√(2·n_layer)."""
     generator = torch.Generator().manual_seed(seed)

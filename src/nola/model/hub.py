@@ -8,7 +8,6 @@ checksum matches. `NOLA_HUB_ENDPOINT` points the download elsewhere (a mirror, o
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -20,7 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nola.fileio import sha256_file, write_text_atomic
 from nola.errors import NolaError
+from nola.model.gpt2 import GPT2Config, hf_config_dict
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20
@@ -64,9 +65,6 @@ def fetch_hub_model(name: str, *, cache_dir: str | Path | None = None, timeout: 
     Only `model.safetensors` is fetched (an LFS file, so the hub reports its sha256); `config.json`
     is written from the published architecture, which `nola.model.gpt2.NAMED_CONFIGS` records.
     """
-    from nola.model.gpt2 import GPT2Config
-    from nola.model.loading import hf_config_dict
-
     if name not in HUB_MODELS:
         raise NolaError(f"unknown hub model {name!r}; known: {', '.join(HUB_MODELS)}")
     spec = HUB_MODELS[name]
@@ -77,9 +75,7 @@ def fetch_hub_model(name: str, *, cache_dir: str | Path | None = None, timeout: 
     download_verified(url, target / "model.safetensors", spec.weights_sha256, timeout=timeout, what=name)
     config_text = json.dumps(hf_config_dict(GPT2Config.named(name)), indent=2)
     if not (target / "config.json").is_file() or (target / "config.json").read_text() != config_text:
-        tmp = target / "config.json.tmp"
-        tmp.write_text(config_text)
-        os.replace(tmp, target / "config.json")
+        write_text_atomic(target / "config.json", config_text)
     return target
 
 
@@ -92,7 +88,7 @@ def download_verified(url: str, dest: Path, sha256: str | None, *, timeout: floa
     checked = dest.with_name(dest.name + ".sha256")
     if dest.is_file() and checked.is_file():
         recorded = checked.read_text().strip()
-        if (sha256 is None or recorded == sha256) and recorded == _sha256(dest):
+        if (sha256 is None or recorded == sha256) and recorded == sha256_file(dest):
             return
     part = dest.with_name(dest.name + ".part")
     for attempt in range(1, RESUME_ATTEMPTS + 1):
@@ -106,14 +102,12 @@ def download_verified(url: str, dest: Path, sha256: str | None, *, timeout: floa
                     f"downloading {what} from {url} was interrupted {attempt} times ({err or type(err).__name__}); "
                     f"{size} bytes are kept in {part}: run again to resume"
                 ) from None
-    actual = _sha256(part)
+    actual = sha256_file(part)
     if actual != sha256:
         part.unlink()
         raise NolaError(f"{url}: sha256 mismatch (expected {sha256}, got {actual}); the partial file was removed, retry")
     os.replace(part, dest)
-    tmp = checked.with_name(checked.name + ".tmp")
-    tmp.write_text(actual + "\n")
-    os.replace(tmp, checked)
+    write_text_atomic(checked, actual + "\n")
 
 
 class _LinkedEtagRecorder(urllib.request.HTTPRedirectHandler):
@@ -176,11 +170,3 @@ def _hub_sha256(headers) -> str | None:
         if re.fullmatch(r"[0-9a-f]{64}", value):
             return value
     return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from nola.errors import NolaError
-from nola.model.gpt2 import GPT2, NAMED_CONFIGS, GPT2Config
+from nola.model.gpt2 import GPT2, NAMED_CONFIGS, GPT2Config, hf_config_dict
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 MASK_BUFFER = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$")
@@ -168,20 +168,6 @@ def to_hf_state_dict(model: GPT2) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_config_dict(config: GPT2Config) -> dict:
-    """An HF `config.json` for this architecture (what transformers needs to rebuild it)."""
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "activation_function": "gelu_new",
-        "n_ctx": config.n_positions,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
-        "initializer_range": 0.02,
-        **{f: getattr(config, f) for f in GPT2Config.__dataclass_fields__},
-    }
-
-
 def base_fingerprint(model: GPT2) -> str:
     """A stable hash of the base weights: architecture + a strided sample of every tensor.
 
@@ -202,14 +188,14 @@ def base_fingerprint(model: GPT2) -> str:
 
 
 def base_state_items(model: GPT2):
-    """(name, tensor) of the base model's weights, whatever adapters wrap its layers."""
-    for key, value in model.state_dict().items():
-        if key == "lm_head.weight":
-            continue
-        base_key = key.replace(".base_layer.", ".")
-        if base_key != key or _is_plain_base_key(key):
-            yield base_key, value
+    """(name, tensor) of the base model's weights under GPT-2's own names, whatever wraps its layers.
 
-
-def _is_plain_base_key(key: str) -> bool:
-    return not any(part in key for part in (".adapter.", "lora_", "nola_"))
+    The names are those of a plain GPT-2 of the same architecture; each is looked up by module path
+    and attribute, so a wrapper that exposes `weight` and `bias` as the layer it wraps does (as the
+    adapter layers do) is seen through without this module knowing of it.
+    """
+    with torch.device("meta"):
+        names = [key for key in GPT2(model.config).state_dict() if key != "lm_head.weight"]
+    for key in names:
+        path, _, attribute = key.rpartition(".")
+        yield key, getattr(model.get_submodule(path), attribute)

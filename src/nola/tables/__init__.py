@@ -1,4 +1,4 @@
-"""Paper tables and the parameters-vs-BLEU figure from results.json files (issue 7, eval/README.md).
+"""Paper tables and the parameters-vs-BLEU figure from results.json files (eval/README.md).
 
 Other stages (the mini reproduction) build their own tables from their own rows with
 `build_tables(results, published_or_None)` and `plot_params_vs_bleu(results, published, path)`.

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nola.data.files import write_text_atomic
+from nola.fileio import write_text_atomic
 from nola.errors import exit_on_user_error
 from nola.tables.figure import plot_params_vs_bleu
 from nola.tables.published import DEFAULT_PUBLISHED, load_published

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from nola.data.files import atomic_path
+from nola.fileio import atomic_path
 from nola.tables.published import Published
 from nola.tables.render import our_row
 from nola.tables.results import validate_results

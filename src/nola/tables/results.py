@@ -1,4 +1,4 @@
-"""Finding and checking results.json files (schema in .plan/CONTRACTS.md, scales in eval/README.md).
+"""Finding and checking results.json files (schema in `nola.tables.schema`, scales in eval/README.md).
 
 A run's results.json is the only input of the tables. Every file is checked before it is used:
 malformed JSON, a schema other than 1, a missing key or a metric on the wrong scale is a

@@ -16,7 +16,6 @@ removed by the next save. Loading verifies every file's sha256 and reads tensors
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from nola.fileio import sha256_file
 from nola.errors import NolaError
 
 LATEST = "latest"
@@ -74,7 +74,7 @@ def save_checkpoint(
     save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, str(temp / TENSORS_FILE))
     _fsync_file(temp / TENSORS_FILE)
     _save_trainer(trainer, temp / TRAINER_FILE)
-    manifest = {name: _sha256(temp / name) for name in (TENSORS_FILE, TRAINER_FILE)}
+    manifest = {name: sha256_file(temp / name) for name in (TENSORS_FILE, TRAINER_FILE)}
     _write_bytes(temp / STATE_FILE, json.dumps({**state, "step": step, "files": manifest}, indent=2).encode())
     _fsync_dir(temp)
     if final.exists():  # complete but never made latest (a kill between rename and pointer update)
@@ -121,7 +121,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f"{state_path}: unreadable checkpoint state ({err}); delete {path} to resume from an older one"
         ) from None
     for name, digest in manifest.items():
-        if not (path / name).is_file() or _sha256(path / name) != digest:
+        if not (path / name).is_file() or sha256_file(path / name) != digest:
             raise NolaError(
                 f"{path / name} is missing or corrupt (sha256 mismatch); delete {path} to resume from an older one"
             )
@@ -183,11 +183,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

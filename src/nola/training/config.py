@@ -49,6 +49,8 @@ class TrainConfig:
     keep_last: checkpoints kept (older ones are deleted once a newer one is complete).
     valid_batch_size: sequences per validation batch per process (LoRA `--valid_batch_size 4`).
     device: auto = this process's CUDA device when there is one, else cpu.
+    dist_timeout_s: how long data-parallel processes wait for each other (forming the group, every
+        collective) before the run stops with an error.
     resume: continue from the run directory's last checkpoint when there is one.
     """
 
@@ -76,7 +78,11 @@ class TrainConfig:
     eval_every_epoch: bool = True
     valid_batch_size: int = 4
     device: str = "auto"
+    dist_timeout_s: float = 300.0
     resume: bool = True
+
+    def __post_init__(self) -> None:
+        check_train_config(self)
 
 
 def check_train_config(train, world_size: int = 1) -> int:
@@ -85,6 +91,8 @@ def check_train_config(train, world_size: int = 1) -> int:
     for key in positive:
         if getattr(train, key) < 1:
             raise NolaError(f"train.{key}={getattr(train, key)} must be at least 1")
+    if train.dist_timeout_s <= 0:
+        raise NolaError(f"train.dist_timeout_s={train.dist_timeout_s} must be positive")
     for key in ("lr", "warmup_steps", "weight_decay", "adam_eps", "max_grad_norm", "max_steps", "max_time_s"):
         if getattr(train, key) < 0:
             raise NolaError(f"train.{key}={getattr(train, key)} must not be negative")

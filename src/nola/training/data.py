@@ -24,8 +24,10 @@ from tqdm import tqdm
 from nola.data import Batch, LengthBucketBatcher, SequenceSet, build_sequences, collate, load_tokenized
 from nola.data.batching import ShuffledFillBatcher
 from nola.data.config import Batching, LastBatch
+from nola.data.records import split_path
+from nola.errors import NolaError
 from nola.tokenizer import GPT2Tokenizer
-from nola.training.distributed import DistContext, barrier
+from nola.training.distributed import DistContext, main_process_first
 
 
 @dataclass
@@ -74,16 +76,15 @@ def load_training_data(cfg, tokenizer: GPT2Tokenizer, ctx: DistContext, max_len:
 
 
 def _sequences(cfg, tokenizer: GPT2Tokenizer, ctx: DistContext, split: str, max_len: int) -> SequenceSet:
-    def tokenize():
-        return load_tokenized(cfg.task.data_dir, cfg.task.name, split, tokenizer, progress=ctx.is_main)
-
-    if ctx.is_main:
-        tokenized = tokenize()
-        barrier(ctx)
-    else:
-        barrier(ctx)
-        tokenized = tokenize()
+    tokenized = main_process_first(
+        ctx, lambda: load_tokenized(cfg.task.data_dir, cfg.task.name, split, tokenizer, progress=ctx.is_main)
+    )
     sequences = build_sequences(tokenized, max_len, cfg.task.truncation)
+    if len(sequences) == 0:
+        path = split_path(cfg.task.data_dir, cfg.task.name, split)
+        why = f"all {sequences.num_dropped} were dropped at {max_len} tokens" if sequences.num_dropped else "it is empty"
+        raise NolaError(f"{path}: no {split} examples to train on ({why}); prepare the data again with `make data` "
+                        "or check task.data_dir and task.truncation")
     if ctx.is_main and (sequences.num_truncated or sequences.num_dropped):
         tqdm.write(
             f"{cfg.task.name}/{split}: {sequences.num_truncated} examples truncated and {sequences.num_dropped} "

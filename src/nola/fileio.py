@@ -1,8 +1,11 @@
-"""File plumbing for the data stage: atomic writes, digests, and readers that fail with a location.
+"""File plumbing for every stage: atomic writes, digests, writable-directory checks, and readers that
+fail with a location. Prepared data, references, hypotheses, results, tables, figures, adapters and
+checkpoint pointers are all written through it.
 
 Every writer goes through `atomic_path`: the content lands in a temporary file in the destination's
 directory and is moved into place with `os.replace` only when complete, so an interrupted or failed
-run never leaves a half-written file under its final name.
+run never leaves a half-written file under its final name. The file then gets the mode any new file
+gets (0666 less the umask: 0644 by default), not mkstemp's owner-only 0600.
 """
 
 from __future__ import annotations
@@ -22,9 +25,18 @@ from nola.errors import NolaError
 HASH_CHUNK = 1 << 20
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0666 less the process umask (read without changing it for
+    longer than the call)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success it replaces `dest`, on error it is removed."""
+    """Yield a temporary path beside `dest`; on success it replaces `dest` (with the umask's mode),
+    on error it is removed."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -32,9 +44,26 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def ensure_writable_dir(directory: str | Path, *, what: str) -> None:
+    """Create `directory` if needed and prove a file can be written there, before any long work.
+
+    `what` names the setting that chose it (e.g. "paths.runs_dir", "--out"), for the error message.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise NolaError(
+            f"cannot write to {directory} ({err.strerror or err}); set {what} to a writable directory"
+        ) from None
 
 
 def write_text_atomic(dest: str | Path, text: str) -> None:
