@@ -3,6 +3,7 @@ one-line errors that say what to do."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -109,3 +110,143 @@ def test_a_missing_peer_ends_in_an_error_after_the_timeout_not_a_hang(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "could not form the process group" in result.stderr and "train.dist_timeout_s" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_prompt_too_long_is_named_by_its_line_in_the_contexts_file(vocab_dir):
+    from nola.decode import DecodeConfig, decode_split
+    from nola.model import GPT2Config, init_gpt2
+    from nola.tokenizer import load_tokenizer
+
+    model = init_gpt2(GPT2Config(vocab_size=50257, n_positions=24, n_embd=16, n_layer=1, n_head=2), 0).eval()
+    contexts = ["name : Aromi", "name : " + " | ".join(["food : Chinese"] * 12), "name : Zizzi"]
+    with pytest.raises(NolaError, match=r"data/e2e/test_contexts.txt:2 \(context 1\) has \d+ tokens") as err:
+        decode_split(model, load_tokenizer(vocab_dir), contexts, DecodeConfig(beam=2, max_new_tokens=4),
+                     progress=False, source="data/e2e/test_contexts.txt")
+    assert "decode.max_new_tokens" in str(err.value)
+
+
+def test_prepare_into_a_file_is_a_clear_error(tmp_path, capsys):
+    from nola.data.prepare import main
+
+    target = tmp_path / "not_a_dir"
+    target.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-dir", str(target), "--tasks", "e2e", "--quiet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data-dir {target} is a file") and "Traceback" not in err
+
+
+def test_an_empty_prepared_split_names_its_file(vocab_dir, tmp_path):
+    from nola.train import train
+    from train_support import tiny_config, write_dataset
+
+    data_dir = write_dataset(tmp_path / "data", tasks=("e2e",))
+    (data_dir / "e2e" / "train.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(NolaError, match=r"e2e/train.jsonl: no train examples to train on \(it is empty\)"):
+        train(tiny_config(data_dir, vocab_dir, tmp_path / "runs"), tmp_path / "runs" / "run")
+
+
+def test_score_out_in_an_unwritable_place_fails_before_scoring(tmp_path, capsys, monkeypatch):
+    import nola.score
+
+    calls = []
+    monkeypatch.setattr(nola.score, "score_files", lambda *args: calls.append(args) or {})
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        nola.score.main(["--task", "e2e", "--refs", "r", "--hyps", "h", "--out", str(blocker / "scores.json")])
+    assert exit_info.value.code == 2 and calls == []
+    assert "set --out to a writable directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_writes_honour_the_umask(tmp_path, umask):
+    from nola.fileio import write_json_atomic
+
+    previous = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "results.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_adapter_files_get_the_same_mode_as_every_other_file(tmp_path):
+    from nola.adapters import AdapterConfig, inject_adapters, save_adapter
+    from nola.model import GPT2Config, init_gpt2
+
+    model = init_gpt2(GPT2Config.named("tiny", vocab_size=300), 0)
+    inject_adapters(model, AdapterConfig(kind="nola", rank=2, num_basis_a=8, num_basis_b=8))
+    save_adapter(model, tmp_path, base_fingerprint="x", model_name="tiny")
+    expected = 0o666 & ~_current_umask()
+    assert {(p.name, p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {
+        ("adapter.safetensors", expected), ("adapter_config.json", expected)}
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_ctrl_c_ends_with_one_line(capsys):
+    from nola.errors import exit_on_user_error
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(interrupted)()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "interrupted; finished outputs kept\n"
+
+
+@pytest.mark.slow
+def test_a_built_wheel_finds_its_configs_from_any_directory(tmp_path):
+    """`pip install .` (not editable): the configs travel inside the package."""
+    import shutil
+
+    wheel_dir, site, source = tmp_path / "wheel", tmp_path / "site", tmp_path / "source"
+    for part in ("src", "conf"):  # a copy: building in place would leave build/ in the checkout
+        shutil.copytree(REPO_ROOT / part, source / part, symlinks=True, ignore=shutil.ignore_patterns("*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(wheel_dir), str(source)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheel_dir.glob("nola-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "nola.params", "model=gpt2-medium", "adapter=nola"],
+                            env={**os.environ, "PYTHONPATH": str(site)}, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"trainable": 49152, "adapter_file_bytes": 207416,
+                                         "basis_cache_bytes": 64 * 2**20}
+    located = subprocess.run([sys.executable, "-c", "import nola.config; print(nola.config.CONF_DIR)"],
+                             env={**os.environ, "PYTHONPATH": str(site)}, cwd=tmp_path, capture_output=True, text=True)
+    assert located.stdout.strip() == str(site / "nola" / "conf")
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_over_the_learning_rate_minimises_the_validation_loss(vocab_dir, tmp_path):
+    """`main()` returns the objective: Hydra's Optuna sweeper can search train.lr on the tiny model."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from train_support import subprocess_env, write_dataset
+
+    data_dir = write_dataset(tmp_path / "data", tasks=("e2e",))
+    result = subprocess.run(
+        [sys.executable, "-m", "nola.train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+         "hydra.sweeper.direction=minimize", "hydra.sweeper.sampler.seed=0", "train.lr=tag(log,interval(1e-3,1e-1))",
+         "model=tiny", "train=smoke", "train.max_steps=0", "train.epochs=1", "train.batch_size=4", "adapter=nola",
+         "train.device=cpu", f"paths.data_dir={data_dir}", f"paths.vocab_dir={vocab_dir}",
+         f"paths.runs_dir={tmp_path / 'runs'}"],
+        capture_output=True, text=True, cwd=tmp_path, env=subprocess_env(), timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    best = [line for line in (result.stdout + result.stderr).splitlines() if "Best value:" in line]
+    assert best and 0 < float(best[-1].split("Best value:")[1]) < 20
+    metrics = sorted((tmp_path / "runs").rglob("train_metrics.json"))
+    assert len(metrics) == 2
+    losses = [json.loads(path.read_text())["valid_loss"] for path in metrics]
+    assert float(best[-1].split("Best value:")[1]) == pytest.approx(min(losses))

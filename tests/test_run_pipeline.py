@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+import nola.decode.stage as decode_stage_module
 import nola.run as pipeline
 from nola.config import compose_config
 from nola.data import Example, ReferenceGroup, load_reference_groups
 from nola.data.records import split_path, write_examples
 from nola.data.references import group_references, write_reference_files
 from nola.errors import NolaError
-from nola.run import RESULTS_FILE, run, score, training_done
+from nola.layout import RESULTS_NAME as RESULTS_FILE
+from nola.run import run, score, training_done
 from nola.tables import read_result
 from train_support import synthetic_examples
 
@@ -87,7 +89,7 @@ def test_run_writes_a_valid_results_json_then_rerun_skips_every_stage(data_dir, 
     assert results["metrics"]["NIST"] == len(groups) and results["contexts"] == len(groups)
 
     monkeypatch.setattr(pipeline, "train", Recorder(fail=True))
-    monkeypatch.setattr(pipeline, "decode_split", Recorder(fail=True))
+    monkeypatch.setattr(decode_stage_module, "decode_split", Recorder(fail=True))
     monkeypatch.setattr(pipeline, "score", Recorder(fail=True))
     assert run(cfg, tmp_path / "run", experiment="e2e/lora_tiny", tag="test") == results
 
@@ -99,8 +101,8 @@ def test_new_settings_decode_again_and_new_references_score_again(data_dir, voca
     cfg = tiny(data, vocab_dir, tmp_path, "adapter=nola", "adapter.num_basis_a=8", "adapter.num_basis_b=8")
     first = run(cfg, tmp_path / "run")
     monkeypatch.setattr(pipeline, "train", Recorder(fail=True))
-    decoder = Recorder(pipeline.decode_split)
-    monkeypatch.setattr(pipeline, "decode_split", decoder)
+    decoder = Recorder(decode_stage_module.decode_split)
+    monkeypatch.setattr(decode_stage_module, "decode_split", decoder)
     shorter = OmegaConf.merge(cfg, {"decode": {"max_new_tokens": 3}})
     second = run(shorter, tmp_path / "run")
     assert len(decoder.calls) == 1 and decoder.calls[0][3].max_new_tokens == 3
@@ -108,7 +110,7 @@ def test_new_settings_decode_again_and_new_references_score_again(data_dir, voca
 
     groups = load_reference_groups(data, "e2e", "test")
     write_reference_files(data, "e2e", "test", [ReferenceGroup(g.context, g.references + ["Extra."]) for g in groups])
-    monkeypatch.setattr(pipeline, "decode_split", Recorder(fail=True))
+    monkeypatch.setattr(decode_stage_module, "decode_split", Recorder(fail=True))
     third = run(shorter, tmp_path / "run")
     assert fake_scorer.calls[-1][1][0].references[-1] == "Extra." and len(fake_scorer.calls) == 3
     assert third["metrics"]["CIDEr"] == len(groups[0].references) + 1  # the recorder's stand-in metric

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import math
 import random
-import types
 
 import numpy as np
 import pytest
@@ -22,14 +21,14 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from nola.adapters import AdapterConfig, inject_adapters
 from nola.adapters.inject import nola_slots
-from nola.build import BuiltModel, set_base_dropout
+from nola.build import set_base_dropout
 from nola.config import compose_config
 from nola.data.batching import SequenceSet, ShuffledFillBatcher, build_sequences, collate
 from nola.model import GPT2Config, init_gpt2
 from nola.params import count_adapter
 from nola.training.config import TrainConfig
 from nola.training.distributed import DistContext
-from nola.training.loop import TrainingJob, schedule_for, train_step, validation_loss
+from nola.training.loop import Update, schedule_for, train_step, validation_loss
 from nola.training.optim import LoraAdamW, Schedule, build_optimizer
 from test_data_batching import split_of
 
@@ -294,25 +293,13 @@ def lora_micro_batch_loss(logits, targets, mask, label_smooth):
     return loss.sum() / (mask.double().sum() + 0.0001)
 
 
-def tiny_job(recipe: TrainConfig, adapter: AdapterConfig, valid=()):
+def tiny_update(recipe: TrainConfig, adapter: AdapterConfig) -> Update:
     model = init_gpt2(GPT2Config.named("tiny", vocab_size=300), 0)
     set_base_dropout(model, 0.0)  # LoRA's GPT-2 has no dropout
     inject_adapters(model, adapter)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    optimizer = build_optimizer(list(trainable.values()), recipe)
-    cpu = torch.device("cpu")
-    return TrainingJob(
-        cfg=types.SimpleNamespace(train=recipe),
-        ctx=DistContext(rank=0, world_size=1, local_rank=0, device=cpu),
-        built=BuiltModel(model, tokenizer=None, base_fingerprint="", device=cpu, trainable=trainable),
-        data=types.SimpleNamespace(valid=list(valid)),
-        optimizer=optimizer,
-        schedule=Schedule(recipe.lr, 0, 100, recipe.grad_accum),
-        scaler=None,
-        amp_dtype=None,
-        checkpoint_dir=None,
-        config_record={},
-    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    return Update(model, params, build_optimizer(params, recipe), Schedule(recipe.lr, 0, 100, recipe.grad_accum),
+                  recipe, DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
 
 
 def random_micro_batches(count: int, rows: int, seed: int):
@@ -329,11 +316,11 @@ def random_micro_batches(count: int, rows: int, seed: int):
 @pytest.mark.parametrize("normalization", ["batch_mean", "step_token_mean"])
 def test_step_loss_is_loras_per_micro_batch_mean(normalization):
     recipe = TrainConfig(lr=0.0, grad_accum=2, batch_size=6, label_smoothing=0.1, loss_normalization=normalization)
-    job = tiny_job(recipe, AdapterConfig(kind="lora", rank=2, alpha=4))
+    update = tiny_update(recipe, AdapterConfig(kind="lora", rank=2, alpha=4))
     micro = random_micro_batches(2, 3, seed=1)
     with torch.no_grad():
-        logits = [job.built.model(b.input_ids) for b in micro]
-    result = train_step(job, micro, False, 0)
+        logits = [update.model(b.input_ids) for b in micro]
+    result = train_step(update, micro, False, 0)
     if normalization == "batch_mean":  # gpt2_ft.py: each micro-batch's loss / grad_acc
         expected = sum(lora_micro_batch_loss(l, b.targets, b.loss_mask, 0.1) for l, b in zip(logits, micro)) / 2
     else:
@@ -345,11 +332,11 @@ def test_step_loss_is_loras_per_micro_batch_mean(normalization):
 
 def test_validation_reports_loras_mean_of_batch_means_beside_the_token_mean():
     valid = random_micro_batches(3, 4, seed=2)
-    job = tiny_job(TrainConfig(), AdapterConfig(kind="lora", rank=2, alpha=4), valid)
+    update = tiny_update(TrainConfig(), AdapterConfig(kind="lora", rank=2, alpha=4))
     with torch.no_grad():
-        per_batch = [lora_micro_batch_loss(job.built.model(b.input_ids), b.targets, b.loss_mask, 0.0) for b in valid]
+        per_batch = [lora_micro_batch_loss(update.model(b.input_ids), b.targets, b.loss_mask, 0.0) for b in valid]
     tokens = [b.loss_mask.sum() for b in valid]
-    losses = validation_loss(job)
+    losses = validation_loss(update.model, valid, update.ctx)
     assert losses["batch_mean_loss"] == pytest.approx(float(sum(per_batch) / 3), rel=1e-5)
     token_mean = sum(l * (t + 1e-4) for l, t in zip(per_batch, tokens)) / sum(tokens)
     assert losses["loss"] == pytest.approx(float(token_mean), rel=1e-5)

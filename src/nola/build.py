@@ -22,7 +22,6 @@ from torch import nn
 from nola.adapters import (
     adapted_layers,
     adapter_params,
-    as_adapter_config,
     inject_adapters,
     load_adapter,
     merge_adapters,
@@ -84,7 +83,7 @@ def build_model(
     weights: an already resolved `resolve_weights` result (None = random init); by default resolved here.
     tokenizer: reuse a loaded tokenizer instead of reading `cfg.paths.vocab_dir`.
     """
-    if for_training and as_adapter_config(cfg.adapter).kind == "none":
+    if for_training and cfg.adapter.kind == "none":
         raise NolaError("adapter.kind='none' leaves nothing to train; choose adapter=lora, nola or full")
     if weights is RESOLVE:
         weights = resolve_weights(cfg.model, cfg.paths.cache_dir)
@@ -100,15 +99,12 @@ def build_model(
         load_adapter(model, adapter_dir)
     trainable: dict[str, nn.Parameter] = {}
     merged = False
-    for param in model.parameters():
-        param.requires_grad_(False)
     if for_training:
-        trainable = adapter_params(model)
-        for param in trainable.values():
-            param.requires_grad_(True)
+        trainable = adapter_params(model)  # inject_adapters left exactly these trainable
         model.gradient_checkpointing = bool(cfg.model.gradient_checkpointing)
         model.train()
     else:
+        model.requires_grad_(False)
         model.eval()
         if any(True for _ in adapted_layers(model)):
             merge_adapters(model)

@@ -4,15 +4,15 @@
 1. train (`nola.train.train`, which resumes from the run's last checkpoint) into the run directory;
    skipped for `adapter=none` and once train_metrics.json records a finished (or budget-stopped) run;
 2. decode every reference group of `decode.split` with the final adapter merged into the base
-   (`nola.build.build_model(for_training=False)`, `nola.decode.hypotheses.decode_split` with the
-   beam settings of `decode`), writing `<split>_hypotheses.txt` (the scorers' format) and `.jsonl`;
-   skipped when `decode.json` says the file was made from this very adapter, base, context list
-   and settings;
+   (`nola.decode.stage.decode_stage`, the same stage `python -m nola.decode` runs), writing
+   `<split>_hypotheses.txt` (the scorers' format) and `.jsonl`; skipped when `decode.json` says
+   the file was made from this very adapter, base, context list and settings;
 3. score with the official-equivalent scorers (`nola.metrics`: E2E five metrics; WebNLG BLEU,
    METEOR, TER for all/seen/unseen categories; DART BLEU, METEOR, TER) and write results.json
    (schema in `nola.tables.schema`, metric scales in eval/README.md); skipped when results.json
    already scores the current hypotheses against the current references.
 Rerunning the same command therefore resumes wherever it stopped. The metrics are printed as JSON.
+The run directory's files are named by `nola.layout.RunLayout`.
 """
 
 from __future__ import annotations
@@ -33,21 +33,19 @@ from omegaconf import DictConfig, OmegaConf
 from nola.adapters import as_adapter_config, read_adapter_config
 from nola.adapters.checkpoint import WEIGHTS_FILE
 from nola.bench.machine import cpu_model
-from nola.build import build_model
 from nola.config import CONF_DIR, launch, typed_config
-from nola.data import ReferenceGroup, load_reference_groups, reference_files
-from nola.fileio import ensure_writable_dir, read_json, sha256_file, write_json_atomic
-from nola.decode.hypotheses import decode_split, write_hypotheses
+from nola.data import ReferenceGroup, load_reference_groups
+from nola.fileio import ensure_writable_dir, read_json, write_json_atomic
+from nola.decode.stage import decode_stage
 from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
 from nola.metrics import score_e2e, score_gem, score_webnlg
 from nola.params import count_adapter
 from nola.tables import validate_result
-from nola.train import METRICS_FILE, train
+from nola.tables.results import RESULTS_SCHEMA
+from nola.layout import RunLayout
+from nola.train import train
 
-RESULTS_FILE = "results.json"
-DECODE_RECORD = "decode.json"
-RESULTS_SCHEMA = 1
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None, *, experiment: str | None = None,
@@ -62,7 +60,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, *, experiment: str |
         raise NolaError(f"decode.split={cfg.decode.split!r}: the run pipeline scores valid or test")
     groups = load_reference_groups(cfg.task.data_dir, cfg.task.name, cfg.decode.split)
     adapter_dir, training = train_stage(cfg, run_dir)
-    hypotheses, decoding = decode_stage(cfg, run_dir, adapter_dir, groups)
+    out = RunLayout(Path(cfg.decode.out_dir) if cfg.decode.out_dir is not None else run_dir)
+    decoded = decode_stage(cfg, out, adapter_dir, groups)
+    if decoded is None:  # another process of a torchrun job: the main process scores
+        return {}
+    hypotheses, decoding = decoded
     return score_stage(cfg, run_dir, groups, hypotheses, adapter_dir, training, decoding, experiment=experiment, tag=tag)
 
 
@@ -72,7 +74,8 @@ def train_stage(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, dict[str, 
         return Path(cfg.decode.adapter_dir), {}
     if cfg.adapter.kind == "none":
         return None, {}
-    metrics_path, adapter_dir = run_dir / METRICS_FILE, run_dir / "adapter"
+    layout = RunLayout(run_dir)
+    metrics_path, adapter_dir = layout.train_metrics, layout.adapter
     if metrics_path.is_file() and (adapter_dir / WEIGHTS_FILE).is_file():
         record = read_json(metrics_path)
         if training_done(record, cfg.train):
@@ -94,55 +97,11 @@ def training_done(record: dict[str, Any], train_cfg) -> bool:
     return reason == "max_time" and train_cfg.max_time_s > 0
 
 
-def decode_device(train_cfg) -> torch.device:
-    """train.device, with auto = the first CUDA device when there is one, else the CPU."""
-    if train_cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(train_cfg.device)
-
-
-def decode_settings(decode_cfg) -> dict[str, Any]:
-    """The beam-search hyper-parameters of `decode` (microsoft/LoRA examples/NLG), as recorded in decode.json."""
-    keys = ("beam", "length_penalty", "no_repeat_ngram_size", "repetition_penalty", "max_new_tokens")
-    return {**{key: decode_cfg[key] for key in keys}, "eos_ids": [int(i) for i in decode_cfg.eos_ids]}
-
-
-def decode_stage(cfg: DictConfig, run_dir: Path, adapter_dir: Path | None,
-                 groups: list[ReferenceGroup]) -> tuple[list[str], dict[str, Any]]:
-    """Decode each group's context with the merged model; reuse the file when decode.json matches."""
-    out_dir = Path(cfg.decode.out_dir) if cfg.decode.out_dir is not None else run_dir
-    path = out_dir / f"{cfg.decode.split}_hypotheses.txt"
-    device = decode_device(cfg.train)
-    built = build_model(cfg, for_training=False, device=device, adapter_dir=adapter_dir)
-    key = {
-        "base_fingerprint": built.base_fingerprint,
-        "adapter_sha256": sha256_file(adapter_dir / WEIGHTS_FILE) if adapter_dir is not None else None,
-        "contexts_sha256": _digest([group.context for group in groups]),
-        "settings": decode_settings(cfg.decode),
-    }
-    record_path = out_dir / DECODE_RECORD
-    if path.is_file() and record_path.is_file():
-        record = read_json(record_path)
-        hypotheses = path.read_text(encoding="utf-8").split("\n")[:-1]
-        if record.get("key") == key and len(hypotheses) == len(groups) and record.get("sha256") == sha256_file(path):
-            return hypotheses, record
-    started = time.perf_counter()
-    found = decode_split(built.model, built.tokenizer, [group.context for group in groups], cfg.decode,
-                         source=str(reference_files(cfg.task.data_dir, cfg.task.name, cfg.decode.split).contexts))
-    decode_s = time.perf_counter() - started
-    path, _ = write_hypotheses(found, out_dir, cfg.decode.split)
-    hypotheses = [hypothesis.text for hypothesis in found]
-    record = {"key": key, "hypotheses": str(path), "sha256": sha256_file(path), "contexts": len(groups),
-              "decode_s": round(decode_s, 3), "device": str(device)}
-    write_json_atomic(record_path, record)
-    return hypotheses, record
-
-
 def score_stage(cfg: DictConfig, run_dir: Path, groups: list[ReferenceGroup], hypotheses: list[str],
                 adapter_dir: Path | None, training: dict[str, Any], decoding: dict[str, Any], *,
                 experiment: str | None, tag: str | None) -> dict[str, Any]:
     """Score the hypotheses and write results.json, unless it already scores exactly these."""
-    path = run_dir / RESULTS_FILE
+    path = RunLayout(run_dir).results
     scored = {"hypotheses_sha256": decoding["sha256"], "references_sha256": _digest([g.references for g in groups]),
               "decode": decoding["key"]["settings"]}
     if path.is_file():

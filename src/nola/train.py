@@ -5,8 +5,9 @@
 `--cfg job` prints the composed configuration. Rerunning the same command continues from the run's
 last checkpoint. Under `torchrun --nproc_per_node=N` the configured batch is the global batch.
 
-The run directory (hydra.run.dir = runs/<name>) receives config.yaml (resolved), tensorboard/,
-checkpoints/, adapter/ (the final adapter, `nola.adapters.save_adapter`) and train_metrics.json.
+The run directory (hydra.run.dir = runs/<name>, files named by `nola.layout.RunLayout`) receives
+config.yaml (resolved), tensorboard/, checkpoints/, adapter/ (the final adapter,
+`nola.adapters.save_adapter`) and train_metrics.json.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from nola.config import CONF_DIR, launch, typed_config
 from nola.fileio import ensure_writable_dir, write_json_atomic, write_text_atomic
 from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
+from nola.layout import RunLayout
 from nola.model import GPT2Config
 from nola.tokenizer import load_tokenizer
 from nola.training import checkpoint as ckpt
@@ -42,7 +44,6 @@ from nola.training.loop import TrainingJob, TrainState, fit, restore, schedule_f
 from nola.training.monitor import Monitor
 from nola.training.optim import autocast_dtype, build_optimizer, exact_float32, grad_scaler
 
-METRICS_FILE = "train_metrics.json"
 # Settings that may differ when a run is resumed: budgets, logging, locations, memory trade-offs.
 RESUME_FREE_KEYS = {
     "model": {"source", "gradient_checkpointing"},
@@ -74,9 +75,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
 def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext) -> dict:
     check_train_config(cfg.train, ctx.world_size)
     weights = main_process_first(ctx, lambda: resolve_weights(cfg.model, cfg.paths.cache_dir))
-    if not cfg.train.resume and ckpt.latest_name(run_dir / "checkpoints"):
+    layout = RunLayout(run_dir)
+    if not cfg.train.resume and ckpt.latest_name(layout.checkpoints):
         raise NolaError(
-            f"train.resume=false but {run_dir / 'checkpoints'} holds checkpoints; delete that directory to start "
+            f"train.resume=false but {layout.checkpoints} holds checkpoints; delete that directory to start "
             "over or choose another run name (name=...)"
         )
     if ctx.is_main:
@@ -96,14 +98,14 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext) -> dict:
     job = TrainingJob(
         cfg=cfg, ctx=ctx, built=built, data=data, optimizer=optimizer,
         schedule=schedule_for(cfg.train, data.micro_batches_per_epoch),
-        scaler=grad_scaler(amp_dtype), amp_dtype=amp_dtype, checkpoint_dir=run_dir / "checkpoints",
+        scaler=grad_scaler(amp_dtype), amp_dtype=amp_dtype, checkpoint_dir=layout.checkpoints,
         config_record=resume_record(cfg, built.base_fingerprint),
     )
     state = TrainState()
     latest = ckpt.load_latest(job.checkpoint_dir)
     if latest is not None:
         state = restore(job, latest)
-    job.monitor = Monitor(run_dir / "tensorboard" if ctx.is_main else None, total_steps=job.total_steps,
+    job.monitor = Monitor(layout.tensorboard if ctx.is_main else None, total_steps=job.total_steps,
                           start_step=state.step, log_every=cfg.train.log_every)
     try:
         reason = fit(job, state)
@@ -111,8 +113,8 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext) -> dict:
         job.monitor.close()
     metrics = _metrics(job, state, reason, run_dir)
     if ctx.is_main:
-        _write_final_adapter(job, run_dir / "adapter", metrics)
-        write_json_atomic(run_dir / METRICS_FILE, metrics)
+        _write_final_adapter(job, layout.adapter, metrics)
+        write_json_atomic(layout.train_metrics, metrics)
     barrier(ctx)
     return metrics
 
@@ -131,7 +133,7 @@ def resume_record(cfg: DictConfig, fingerprint: str) -> dict:
 def _prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     """Create the run directory, prove it is writable, and record the resolved configuration."""
     ensure_writable_dir(run_dir, what="paths.runs_dir (or hydra.run.dir)")
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_atomic(RunLayout(run_dir).config, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 class RunDirCheck(Callback):
@@ -175,7 +177,7 @@ def _metrics(job: TrainingJob, state: TrainState, reason: str, run_dir: Path) ->
         "device": str(job.ctx.device),
         "precision": str(job.amp_dtype).removeprefix("torch.") if job.amp_dtype else "float32",
         "run_dir": str(run_dir),
-        "adapter_dir": str(run_dir / "adapter"),
+        "adapter_dir": str(RunLayout(run_dir).adapter),
     }
 
 

@@ -40,7 +40,7 @@ from nola.decode import beam_search
 from nola.decode.config import PAPER_SETTINGS
 from nola.errors import NolaError
 from nola.model import GPT2, GPT2Config, init_gpt2, to_hf_state_dict
-from nola.model.loading import hf_config_dict
+from nola.model import hf_config_dict
 
 FLOOR = "vocab projection floor"
 TRAINED_BASE = Path(".cache/mini-base")  # written by `make mini` (nola.mini)

@@ -26,24 +26,22 @@ computes activation gradients only (see `train_flops`).
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from nola.adapters import AdapterConfig, adapter_params, inject_adapters
 from nola.bench.machine import matmul_peak_flops
 from nola.bench.timing import peak_memory, ratio, resident_tensors, summarize, time_alternating
-from nola.build import BuiltModel, set_base_dropout
+from nola.build import set_base_dropout
 from nola.data import Batch
 from nola.errors import NolaError
 from nola.model import GPT2, GPT2Config, init_gpt2, to_hf_state_dict
-from nola.model.loading import hf_config_dict
+from nola.model import hf_config_dict
 from nola.training.config import TrainConfig
 from nola.training.distributed import DistContext
-from nola.training.loop import TrainingJob, train_step
+from nola.training.loop import Update, train_step
 from nola.training.loss import masked_token_loss_sum
 from nola.training.optim import Schedule, build_optimizer
 
@@ -121,22 +119,12 @@ def ours(config: GPT2Config, adapter: AdapterConfig, micro_batches: list[Batch],
     trainable = adapter_params(model)
     recipe = TrainConfig(lr=5e-3, warmup_steps=0, label_smoothing=LABEL_SMOOTHING)
     optimizer = build_optimizer(list(trainable.values()), recipe)
-    job = TrainingJob(
-        cfg=types.SimpleNamespace(train=recipe),
-        ctx=DistContext(rank=0, world_size=1, local_rank=0, device=device),
-        built=BuiltModel(model, tokenizer=None, base_fingerprint="", device=device, trainable=trainable),
-        data=None,
-        optimizer=optimizer,
-        schedule=Schedule(recipe.lr, 0, 10**9, 1),
-        scaler=None,
-        amp_dtype=amp_dtype,
-        checkpoint_dir=Path("."),
-        config_record={},
-    )
+    update = Update(model, list(trainable.values()), optimizer, Schedule(recipe.lr, 0, 10**9, 1), recipe,
+                    DistContext(rank=0, world_size=1, local_rank=0, device=device), amp_dtype)
     micro_batches = [batch.to(device) for batch in micro_batches]
 
     def step() -> None:
-        train_step(job, micro_batches, False, 0)
+        train_step(update, micro_batches, False, 0)
 
     return Trainer(model, optimizer, step)
 

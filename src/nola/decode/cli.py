@@ -4,16 +4,15 @@
     python -m nola.decode task=dart decode=dart decode.adapter_dir=path/to/adapter decode.split=valid
     torchrun --nproc_per_node=4 -m nola.decode experiment=e2e/nola_gpt2m
 
-The model is built as training builds it (`nola.build.build_model`), with the adapter loaded and
-merged; the contexts are the split's reference groups (`nola.data.load_reference_groups`), in the
-reference files' order. Writes `<split>_hypotheses.txt` and `<split>_hypotheses.jsonl` into
-`decode.out_dir` (default: the run directory) and prints a JSON summary.
+A thin shell around `nola.decode.stage.decode_stage` (the stage `nola.run` runs too): the model is
+built as training builds it, with the adapter loaded and merged; the contexts are the split's
+reference groups, in the reference files' order. Writes `<split>_hypotheses.txt`, `.jsonl` and
+`decode.json` into `decode.out_dir` (default: the run directory) and prints a JSON summary.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import hydra
@@ -23,16 +22,13 @@ from nola.config import CONF_DIR, launch, typed_config
 from nola.fileio import ensure_writable_dir
 from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
-
-ADAPTER_SUBDIR = "adapter"  # where `python -m nola.train` saves the final adapter in its run directory
-
+from nola.layout import RunLayout
 
 def decode_from_config(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Decode `cfg.decode.split` of `cfg.task` and write the hypothesis files; return a summary."""
-    from nola.build import build_model
-    from nola.data import load_reference_groups, reference_files
-    from nola.decode.hypotheses import decode_split, write_hypotheses
-    from nola.training.distributed import init_distributed, shutdown_distributed
+    """Decode `cfg.decode.split` of `cfg.task` and write the hypothesis files; return the decode.json
+    record without its reuse key (an empty dict on the non-main processes of a torchrun job)."""
+    from nola.data import load_reference_groups
+    from nola.decode.stage import decode_stage
 
     typed_config(cfg)
     split = str(cfg.decode.split)
@@ -42,30 +38,10 @@ def decode_from_config(cfg: DictConfig, run_dir: str | Path) -> dict:
     out_dir = Path(cfg.decode.out_dir) if cfg.decode.out_dir is not None else Path(run_dir)
     ensure_writable_dir(out_dir, what="decode.out_dir")
     groups = load_reference_groups(cfg.task.data_dir, cfg.task.name, split)
-    context = init_distributed(str(cfg.train.device), cfg.train.dist_timeout_s)
-    try:
-        built = build_model(cfg, for_training=False, device=context.device, adapter_dir=adapter_dir)
-        started = time.perf_counter()
-        hypotheses = decode_split(built.model, built.tokenizer, [g.context for g in groups], cfg.decode,
-                                  source=str(reference_files(cfg.task.data_dir, cfg.task.name, split).contexts))
-        decode_s = time.perf_counter() - started
-        if not context.is_main:
-            return {}
-        text_path, records_path = write_hypotheses(hypotheses, out_dir, split)
-    finally:
-        shutdown_distributed(context)
-    generated = sum(len(h.tokens) for h in hypotheses)
-    return {
-        "hypotheses": str(text_path),
-        "records": str(records_path),
-        "contexts": len(hypotheses),
-        "ended_on_eos": sum(h.finished for h in hypotheses),
-        "generated_tokens": generated,
-        "decode_s": round(decode_s, 3),
-        "adapter_dir": str(adapter_dir) if adapter_dir is not None else None,
-        "processes": context.world_size,
-        "device": str(context.device),
-    }
+    decoded = decode_stage(cfg, RunLayout(out_dir), adapter_dir, groups)
+    if decoded is None:
+        return {}
+    return {key: value for key, value in decoded[1].items() if key != "key"}
 
 
 def find_adapter(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -74,7 +50,7 @@ def find_adapter(cfg: DictConfig, run_dir: Path) -> Path | None:
         return Path(cfg.decode.adapter_dir)
     if cfg.adapter.kind == "none":
         return None
-    saved = run_dir / ADAPTER_SUBDIR
+    saved = RunLayout(run_dir).adapter
     if not saved.is_dir():
         raise NolaError(
             f"no trained adapter at {saved}; train first (python -m nola.train with the same overrides), "

@@ -29,6 +29,7 @@ from nola.fileio import render_lines, write_text_atomic
 from nola.decode.beam import check_inputs, search
 from nola.decode.config import search_settings
 from nola.errors import NolaError
+from nola.layout import RunLayout
 
 ENDOFTEXT = "<|endoftext|>"
 BLANK_LINE = "\n\n"
@@ -107,8 +108,8 @@ def write_hypotheses(hypotheses: list[Hypothesis], out_dir: str | Path, split: s
             f"cannot write hypotheses to {out_dir}: expected one per context in order 0..{len(hypotheses) - 1}, "
             "got a gap, a duplicate or another order"
         )
-    out_dir = Path(out_dir)
-    text_path, records_path = out_dir / f"{split}_hypotheses.txt", out_dir / f"{split}_hypotheses.jsonl"
+    layout = RunLayout(Path(out_dir))
+    text_path, records_path = layout.hypotheses(split), layout.hypothesis_records(split)
     write_text_atomic(text_path, render_lines([h.text for h in hypotheses], text_path))
     write_text_atomic(records_path, "".join(json.dumps(asdict(h), ensure_ascii=False) + "\n" for h in hypotheses))
     return text_path, records_path

@@ -1,7 +1,7 @@
 """GPT-2: the architecture (`gpt2`), checkpoint loading (`loading`) and hub downloads (`hub`)."""
 
-from nola.model.gpt2 import GPT2, NAMED_CONFIGS, GPT2Config, KVCache, init_gpt2
-from nola.model.loading import base_fingerprint, hf_config_dict, load_gpt2, to_hf_state_dict
+from nola.model.gpt2 import GPT2, NAMED_CONFIGS, GPT2Config, KVCache, hf_config_dict, init_gpt2
+from nola.model.loading import base_fingerprint, load_gpt2, to_hf_state_dict
 
 __all__ = [
     "GPT2",

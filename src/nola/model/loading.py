@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from nola.errors import NolaError
-from nola.model.gpt2 import GPT2, NAMED_CONFIGS, GPT2Config, hf_config_dict
+from nola.model.gpt2 import GPT2, NAMED_CONFIGS, GPT2Config
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 MASK_BUFFER = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$")

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from nola.errors import NolaError
-from nola.tables.schema import check_number, check_task, flatten_metrics, metric_name
+from nola.layout import RESULTS_NAME
+from nola.tables.schema import check_task, flatten_metrics, metric_name
 
 RESULTS_SCHEMA = 1
-RESULTS_NAME = "results.json"
 ANY_SPLIT = "any"
 
 # Official-tool ranges (schema.py): E2E fractions; GenerationEval BLEU 0-100, METEOR a fraction.

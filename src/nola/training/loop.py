@@ -57,6 +57,28 @@ class TrainState:
 
 
 @dataclass
+class Update:
+    """What one optimizer update needs besides its batches (`train_step`)."""
+
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    train: object  # the recipe: label_smoothing, loss_normalization, max_grad_norm
+    ctx: DistContext
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+
+class NonFiniteStep(Exception):
+    """A NaN/inf loss or gradient norm at an update (the loop turns it into a NolaError)."""
+
+    def __init__(self, loss: float, grad_norm: float) -> None:
+        super().__init__(f"loss {loss}, gradient norm {grad_norm}")
+        self.loss, self.grad_norm = loss, grad_norm
+
+
+@dataclass
 class TrainingJob:
     """Everything the loop works on."""
 
@@ -85,6 +107,10 @@ class TrainingJob:
     def params(self) -> list[torch.nn.Parameter]:
         return list(self.built.trainable.values())
 
+    def update_inputs(self) -> Update:
+        return Update(self.built.model, self.params, self.optimizer, self.schedule, self.cfg.train, self.ctx,
+                      self.amp_dtype, self.scaler)
+
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The global RNG seed of optimizer step `step` on process `rank`."""
@@ -104,13 +130,17 @@ def fit(job: TrainingJob, state: TrainState) -> str:
     if train.max_steps and state.step >= train.max_steps:
         return "max_steps"
     job.built.model.train()
+    update = job.update_inputs()
     while state.step < job.total_steps:
         step_started = time.perf_counter()
         first = state.step * accum
         micro_batches = [job.data.micro_batch(index) for index in range(first, first + accum)]
         torch.manual_seed(step_seed(train.seed, state.step, job.ctx.rank))
         over_time = bool(train.max_time_s) and step_started - started >= train.max_time_s
-        result = train_step(job, micro_batches, over_time, state.step)
+        try:
+            result = train_step(update, micro_batches, over_time, state.step)
+        except NonFiniteStep as bad:
+            raise NolaError(_non_finite_message(job, state.step + 1, bad.loss, bad.grad_norm)) from None
         state.step += 1
         state.tokens += result.completion_tokens
         state.last_loss = result.loss
@@ -121,7 +151,7 @@ def fit(job: TrainingJob, state: TrainState) -> str:
         epochs_done = (first + accum) // per_epoch
         epoch_end = epochs_done > first // per_epoch
         if epoch_end and train.eval_every_epoch:
-            losses = validation_loss(job)
+            losses = validation_loss(job.built.model, job.data.valid, job.ctx, job.amp_dtype)
             state.valid.append({"epoch": epochs_done, "step": state.step, **losses})
             if job.monitor:
                 job.monitor.validation(state.step, losses["loss"], losses["batch_mean_loss"])
@@ -144,9 +174,9 @@ class StepResult:
     stop_requested: bool
 
 
-def train_step(job: TrainingJob, micro_batches, stop_requested: bool, step: int) -> StepResult:
+def train_step(update: Update, micro_batches, stop_requested: bool, step: int) -> StepResult:
     """Optimizer update `step` (0-based) over this process's micro-batches (see the module docstring)."""
-    device, model, train = job.ctx.device, job.built.model, job.cfg.train
+    device, model, train = update.ctx.device, update.model, update.train
     # per micro-batch: completion tokens (summed over processes: the whole micro-batch's count), then
     # the step's completion and input tokens
     counts = torch.tensor(
@@ -154,7 +184,7 @@ def train_step(job: TrainingJob, micro_batches, stop_requested: bool, step: int)
         + [sum(float(b.loss_mask.sum()) for b in micro_batches), sum(int(b.attention_mask.sum()) for b in micro_batches)],
         dtype=torch.float64, device=device,
     )
-    all_reduce_sum(job.ctx, counts)
+    all_reduce_sum(update.ctx, counts)
     micro_tokens, step_tokens, input_tokens = counts[: len(micro_batches)].tolist(), float(counts[-2]), int(counts[-1])
     per_batch = train.loss_normalization == "batch_mean"
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
@@ -162,31 +192,31 @@ def train_step(job: TrainingJob, micro_batches, stop_requested: bool, step: int)
         batch = batch.to(device)
         # Rows are right-padded: the causal mask alone keeps real tokens from seeing padding and
         # their positions are 0..T-1, so no attention mask is passed (SDPA keeps its fused kernel).
-        with autocast(device, job.amp_dtype):
+        with autocast(device, update.amp_dtype):
             logits = model(batch.input_ids, output_mask=batch.loss_mask > 0)
         total = masked_token_loss_sum(logits, batch.targets, batch.loss_mask, train.label_smoothing)
         if per_batch:
             part = total / (tokens + LORA_MASK_EPSILON) / len(micro_batches)
         else:
             part = total / max(step_tokens, 1.0)
-        (job.scaler.scale(part) if job.scaler else part).backward()
+        (update.scaler.scale(part) if update.scaler else part).backward()
         loss_sum += part.detach()
-    all_reduce_gradients(job.ctx, job.params)
+    all_reduce_gradients(update.ctx, update.params)
     flags = torch.stack([loss_sum.double(), torch.tensor(float(stop_requested), dtype=torch.float64, device=device)])
-    all_reduce_sum(job.ctx, flags)
+    all_reduce_sum(update.ctx, flags)
     loss = float(flags[0])
-    if job.scaler:
-        job.scaler.unscale_(job.optimizer)
-    grad_norm = float(_grad_norm(job.params, train.max_grad_norm))
-    if not math.isfinite(loss) or (job.scaler is None and not math.isfinite(grad_norm)):
-        raise NolaError(_non_finite_message(job, step + 1, loss, grad_norm))
-    lr = job.schedule.apply(job.optimizer, step)
-    if job.scaler:
-        job.scaler.step(job.optimizer)
-        job.scaler.update()
+    if update.scaler:
+        update.scaler.unscale_(update.optimizer)
+    grad_norm = float(_grad_norm(update.params, train.max_grad_norm))
+    if not math.isfinite(loss) or (update.scaler is None and not math.isfinite(grad_norm)):
+        raise NonFiniteStep(loss, grad_norm)
+    lr = update.schedule.apply(update.optimizer, step)
+    if update.scaler:
+        update.scaler.step(update.optimizer)
+        update.scaler.update()
     else:
-        job.optimizer.step()
-    job.optimizer.zero_grad(set_to_none=True)
+        update.optimizer.step()
+    update.optimizer.zero_grad(set_to_none=True)
     return StepResult(loss, grad_norm, lr, int(step_tokens), input_tokens, bool(flags[1] > 0))
 
 
@@ -210,24 +240,24 @@ def _non_finite_message(job: TrainingJob, step: int, loss: float, grad_norm: flo
 
 
 @torch.no_grad()
-def validation_loss(job: TrainingJob) -> dict[str, float]:
+def validation_loss(model: torch.nn.Module, batches, ctx: DistContext, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Cross-entropy (no label smoothing, as LoRA's `evaluate`) over this run's validation batches.
 
     loss: the token mean over all batches; batch_mean_loss: LoRA's figure, the mean over batches of
     each batch's sum / (completion tokens + 1e-4) (gpt2_ft.py `evaluate`, an AverageMeter of
     per-batch means).
     """
-    model, device = job.built.model, job.ctx.device
+    device = ctx.device
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, tokens, sum of batch means, batches
-    for batch in job.data.valid:
+    for batch in batches:
         batch = batch.to(device)
-        with autocast(device, job.amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(batch.input_ids, output_mask=batch.loss_mask > 0)
         total = masked_token_loss_sum(logits, batch.targets, batch.loss_mask, 0.0).double()
         tokens = batch.loss_mask.sum().double()
         sums += torch.stack([total, tokens, total / (tokens + LORA_MASK_EPSILON), torch.ones_like(total)])
-    all_reduce_sum(job.ctx, sums)
+    all_reduce_sum(ctx, sums)
     model.train()
     return {"loss": float(sums[0] / sums[1].clamp(min=1.0)), "batch_mean_loss": float(sums[2] / sums[3].clamp(min=1.0))}
 

@@ -1,0 +1,88 @@
+"""The decode stage, written once: `python -m nola.decode` and the `nola.run` pipeline both call it.
+
+Every reference group's context of `decode.split` is decoded with the adapter merged into the
+base (`nola.build.build_model(for_training=False)`) by microsoft/LoRA's beam search
+(`nola.decode.hypotheses.decode_split`), and `<split>_hypotheses.txt` / `.jsonl` plus `decode.json`
+are written (`nola.layout.RunLayout`). `decode.json` records what the hypotheses were made from
+(base fingerprint, adapter sha256, the contexts, the search settings): when it matches, the files
+are reused instead of decoded again. Under torchrun every process decodes its share of the
+contexts and the main process writes the files (the others get None).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from nola.adapters.checkpoint import WEIGHTS_FILE
+from nola.build import build_model
+from nola.data import ReferenceGroup, reference_files
+from nola.decode.hypotheses import decode_split, write_hypotheses
+from nola.fileio import read_json, sha256_file, write_json_atomic
+from nola.layout import RunLayout
+from nola.training.distributed import broadcast_object, init_distributed, shutdown_distributed
+
+SEARCH_KEYS = ("beam", "length_penalty", "no_repeat_ngram_size", "repetition_penalty", "max_new_tokens")
+
+
+def decode_settings(decode_cfg) -> dict[str, Any]:
+    """The beam-search hyper-parameters of `decode` (microsoft/LoRA gpt2_beam.py), as decode.json records them."""
+    return {**{key: decode_cfg[key] for key in SEARCH_KEYS}, "eos_ids": [int(i) for i in decode_cfg.eos_ids]}
+
+
+def decode_stage(cfg, out: RunLayout, adapter_dir: Path | None,
+                 groups: list[ReferenceGroup]) -> tuple[list[str], dict[str, Any]] | None:
+    """(hypothesis texts, decode.json record) on the main process, None on the others."""
+    split = str(cfg.decode.split)
+    ctx = init_distributed(str(cfg.train.device), cfg.train.dist_timeout_s)
+    try:
+        built = build_model(cfg, for_training=False, device=ctx.device, adapter_dir=adapter_dir)
+        contexts = [group.context for group in groups]
+        key = {
+            "base_fingerprint": built.base_fingerprint,
+            "adapter_sha256": sha256_file(adapter_dir / WEIGHTS_FILE) if adapter_dir is not None else None,
+            "contexts_sha256": hashlib.sha256(json.dumps(contexts, ensure_ascii=False).encode()).hexdigest(),
+            "settings": decode_settings(cfg.decode),
+        }
+        reused = broadcast_object(ctx, _reusable(out, split, key, len(groups)) if ctx.is_main else None)
+        if reused is not None:
+            return reused if ctx.is_main else None
+        started = time.perf_counter()
+        source = str(reference_files(cfg.task.data_dir, cfg.task.name, split).contexts)
+        found = decode_split(built.model, built.tokenizer, contexts, cfg.decode, source=source)
+        decode_s = time.perf_counter() - started
+        if not ctx.is_main:
+            return None
+        text_path, records_path = write_hypotheses(found, out.root, split)
+        record = {
+            "key": key,
+            "hypotheses": str(text_path),
+            "records": str(records_path),
+            "sha256": sha256_file(text_path),
+            "contexts": len(found),
+            "ended_on_eos": sum(h.finished for h in found),
+            "generated_tokens": sum(len(h.tokens) for h in found),
+            "decode_s": round(decode_s, 3),
+            "adapter_dir": str(adapter_dir) if adapter_dir is not None else None,
+            "processes": ctx.world_size,
+            "device": str(ctx.device),
+        }
+        write_json_atomic(out.decode_record, record)
+        return [h.text for h in found], record
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _reusable(out: RunLayout, split: str, key: dict, count: int) -> tuple[list[str], dict] | None:
+    """The hypotheses already on disk when decode.json says they were made from `key`, else None."""
+    path = out.hypotheses(split)
+    if not (path.is_file() and out.decode_record.is_file()):
+        return None
+    record = read_json(out.decode_record)
+    hypotheses = path.read_text(encoding="utf-8").split("\n")[:-1]
+    if record.get("key") == key and len(hypotheses) == count and record.get("sha256") == sha256_file(path):
+        return hypotheses, record
+    return None
