@@ -147,7 +147,7 @@ def test_dropped_connection_resumes_with_a_range_request(fake_hub, tiny_model, t
 
 def test_repeated_drops_keep_the_part_for_the_next_run(fake_hub, tiny_model, tmp_path):
     fake_hub.drops = hub.RESUME_ATTEMPTS
-    with pytest.raises(NolaError, match="run again to resume") as error:
+    with pytest.raises(NolaError, match="rerun to resume") as error:
         load_gpt2(NAME, cache_dir=tmp_path)
     assert "\n" not in str(error.value)
     part = tmp_path / NAME / "model.safetensors.part"

@@ -147,7 +147,10 @@ def collate(sequences: SequenceSet, indices: np.ndarray) -> Batch:
     )
 
 
-def _check_sharding(batch_size: int, world_size: int, rank: int) -> None:
+def _check_batching(sequences: SequenceSet, batch_size: int, world_size: int, rank: int) -> None:
+    """The checks every batcher makes: examples to batch, a positive batch that splits over the ranks."""
+    if len(sequences) == 0:
+        raise NolaError("no examples to batch (all were dropped, or the split is empty)")
     if batch_size < 1:
         raise NolaError(f"batch_size must be positive, got {batch_size}")
     if not 0 <= rank < world_size or batch_size % world_size:
@@ -190,9 +193,7 @@ class ShuffledFillBatcher:
         world_size: int = 1,
         rank: int = 0,
     ) -> None:
-        if len(sequences) == 0:
-            raise NolaError("no examples to batch (all were dropped, or the split is empty)")
-        _check_sharding(batch_size, world_size, rank)
+        _check_batching(sequences, batch_size, world_size, rank)
         self.sequences = sequences
         self.batch_size = batch_size
         self.seed = seed
@@ -240,8 +241,10 @@ class LengthBucketBatcher:
     `batch_size // world_size` rows of every batch, and all ranks see the same number of steps.
 
     A speed option (`task.batching=bucketed`), not LoRA's composition: less padding, but the loss
-    is a token mean per batch, so batches of short examples weigh their tokens more. On E2E the
-    longest quarter of the examples carries about 26% of the objective instead of 34%.
+    is a token mean per batch, so batches of short examples weigh their tokens more. On E2E train
+    (batch 8) the longest quarter of the examples carries 25.7% of the objective instead of 34.4%,
+    while padding falls from 27.2% of the input positions to 1.0% (README, "Training as the
+    reference code trains").
     """
 
     def __init__(
@@ -257,11 +260,9 @@ class LengthBucketBatcher:
         rank: int = 0,
     ) -> None:
         self.last_batch = as_enum(LastBatch, last_batch, "task.last_batch")
-        if len(sequences) == 0:
-            raise NolaError("no examples to batch (all were dropped, or the split is empty)")
         if chunk_batches < 1:
             raise NolaError(f"chunk_batches must be positive, got {chunk_batches}")
-        _check_sharding(batch_size, world_size, rank)
+        _check_batching(sequences, batch_size, world_size, rank)
         if world_size > 1 and self.last_batch is LastBatch.keep:
             raise NolaError("last_batch=keep gives ranks unequal shards; use fill or drop with several ranks")
         if self.last_batch is LastBatch.drop and len(sequences) < batch_size:

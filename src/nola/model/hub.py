@@ -8,23 +8,19 @@ checksum matches. `NOLA_HUB_ENDPOINT` points the download elsewhere (a mirror, o
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
+from nola.download import download_resumable, part_path
 from nola.fileio import sha256_file, write_text_atomic
 from nola.errors import NolaError
 from nola.model.gpt2 import GPT2Config, hf_config_dict
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-CHUNK = 1 << 20
 RESUME_ATTEMPTS = 3
 
 
@@ -80,32 +76,34 @@ def fetch_hub_model(name: str, *, cache_dir: str | Path | None = None, timeout: 
 
 
 def download_verified(url: str, dest: Path, sha256: str | None, *, timeout: float, what: str) -> None:
-    """Download `url` to `dest`, resuming `dest.part`, and verify sha256 before renaming.
+    """Download `url` to `dest` (resumable, `nola.download`) and verify its sha256 before renaming.
 
-    A connection that drops midway is resumed with a Range request, up to RESUME_ATTEMPTS times in
-    one call; after that the partial file stays and the next call resumes it.
+    The expected sha256 is the pinned one, else the LFS sha256 the hub states (X-Linked-Etag on the
+    redirect to its CDN, or a sha256-looking ETag); with neither the download is refused before its
+    body is read. A verified file is recorded in `<dest>.sha256` and reused without a request.
     """
     checked = dest.with_name(dest.name + ".sha256")
     if dest.is_file() and checked.is_file():
         recorded = checked.read_text().strip()
         if (sha256 is None or recorded == sha256) and recorded == sha256_file(dest):
             return
-    part = dest.with_name(dest.name + ".part")
-    for attempt in range(1, RESUME_ATTEMPTS + 1):
-        try:
-            sha256 = _download_to_part(url, part, sha256, timeout=timeout, what=what)
-            break
-        except (http.client.HTTPException, OSError) as err:
-            if attempt == RESUME_ATTEMPTS:
-                size = part.stat().st_size if part.is_file() else 0
-                raise NolaError(
-                    f"downloading {what} from {url} was interrupted {attempt} times ({err or type(err).__name__}); "
-                    f"{size} bytes are kept in {part}: run again to resume"
-                ) from None
+    part = part_path(dest)
+    redirects = _LinkedEtagRecorder()
+    stated: dict[str, str | None] = {"sha256": sha256}
+
+    def require_checksum(headers) -> None:
+        stated["sha256"] = stated["sha256"] or redirects.sha256 or _hub_sha256(headers)
+        if stated["sha256"] is None:
+            raise NolaError(f"{url}: the hub reports no sha256 and none is pinned; refusing an unverified download")
+
+    download_resumable(url, part, label=what, help_text=NO_WEIGHTS_HELP, attempts=RESUME_ATTEMPTS,
+                       timeout_s=timeout, retry_wait_s=0.0, opener=urllib.request.build_opener(redirects),
+                       on_response=require_checksum)
+    expected = stated["sha256"] or sha256
     actual = sha256_file(part)
-    if actual != sha256:
+    if expected is None or actual != expected:
         part.unlink()
-        raise NolaError(f"{url}: sha256 mismatch (expected {sha256}, got {actual}); the partial file was removed, retry")
+        raise NolaError(f"{url}: sha256 mismatch (expected {expected}, got {actual}); the partial file was removed, retry")
     os.replace(part, dest)
     write_text_atomic(checked, actual + "\n")
 
@@ -120,47 +118,6 @@ class _LinkedEtagRecorder(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         self.sha256 = self.sha256 or _hub_sha256(headers)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _download_to_part(url: str, part: Path, sha256: str | None, *, timeout: float, what: str) -> str:
-    """Append the rest of `url` to `part` (from its current size); return the sha256 to check against.
-
-    Errors before any byte arrives become NolaError; a connection lost while reading propagates, so
-    the caller can resume.
-    """
-    offset = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-    redirects = _LinkedEtagRecorder()
-    try:
-        response = urllib.request.build_opener(redirects).open(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and offset:  # the part is already complete (or longer than the file)
-            if sha256:
-                return sha256
-            part.unlink()
-            return _download_to_part(url, part, sha256, timeout=timeout, what=what)
-        raise NolaError(f"downloading {what}: {url} answered HTTP {err.code}. {NO_WEIGHTS_HELP}") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise NolaError(f"cannot download {what} from {url} ({reason}). {NO_WEIGHTS_HELP}") from None
-    with response:
-        sha256 = sha256 or redirects.sha256 or _hub_sha256(response.headers)
-        if sha256 is None:
-            raise NolaError(f"{url}: the hub reports no sha256 and none is pinned; refusing an unverified download")
-        resumed = response.status == 206
-        start = offset if resumed else 0
-        length = int(response.headers.get("Content-Length") or 0)
-        received = 0
-        with open(part, "ab" if resumed else "wb") as out, tqdm(
-            total=(length + start) or None, initial=start, unit="B", unit_scale=True, desc=part.name.removesuffix(".part")
-        ) as bar:
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-    if received < length:  # http.client returns b"" at a dropped connection instead of raising
-        raise http.client.IncompleteRead(b"", length - received)
-    return sha256
 
 
 def _hub_sha256(headers) -> str | None:
