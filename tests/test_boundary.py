@@ -250,3 +250,24 @@ def test_an_optuna_sweep_over_the_learning_rate_minimises_the_validation_loss(vo
     assert len(metrics) == 2
     losses = [json.loads(path.read_text())["valid_loss"] for path in metrics]
     assert float(best[-1].split("Best value:")[1]) == pytest.approx(min(losses))
+
+
+def test_decoding_into_an_unwritable_out_dir_fails_before_the_model_is_built(vocab_dir, tmp_path, monkeypatch):
+    import nola.decode.stage as stage
+    from nola.decode.cli import decode_from_config
+    from train_support import tiny_overrides, write_dataset
+
+    data_dir = write_dataset(tmp_path / "data", tasks=("e2e",))
+    monkeypatch.setattr(stage, "build_model", lambda *args, **kwargs: pytest.fail("the model was built"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cfg = compose_config(tiny_overrides(data_dir, vocab_dir, tmp_path, "adapter=none", f"decode.out_dir={blocker}/out"))
+    with pytest.raises(NolaError, match="set decode.out_dir to a writable directory"):
+        decode_from_config(cfg, tmp_path / "run")
+
+
+def test_help_starts_with_usage_and_examples():
+    result = subprocess.run([sys.executable, "-m", "nola.train", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: python -m nola.train")
+    assert "examples:" in result.stdout and "experiment=e2e/nola_gpt2m" in result.stdout
