@@ -148,8 +148,9 @@ def fit(job: TrainingJob, state: TrainState) -> str:
         if job.monitor:
             job.monitor.step(state.step, loss=result.loss, lr=result.lr, grad_norm=result.grad_norm,
                              input_tokens=result.input_tokens)
-        epochs_done = (first + accum) // per_epoch
-        epoch_end = epochs_done > first // per_epoch
+        last = state.step == job.total_steps  # gpt2_ft.py never applies a final partial accumulation
+        epochs_done = train.epochs if last else (first + accum) // per_epoch
+        epoch_end = last or epochs_done > first // per_epoch
         if epoch_end and train.eval_every_epoch:
             losses = validation_loss(job.built.model, job.data.valid, job.ctx, job.amp_dtype)
             state.valid.append({"epoch": epochs_done, "step": state.step, **losses})
