@@ -271,3 +271,9 @@ def test_help_starts_with_usage_and_examples():
     assert result.returncode == 0
     assert result.stdout.startswith("usage: python -m nola.train")
     assert "examples:" in result.stdout and "experiment=e2e/nola_gpt2m" in result.stdout
+
+
+def test_empty_torchrun_variables_count_as_unset_and_a_negative_seed_is_named():
+    assert read_environment({"WORLD_SIZE": "", "RANK": ""}) == (1, 0, 0)
+    with pytest.raises(NolaError, match="train.seed=-1 must be a non-negative integer"):
+        typed_config(compose_config(["train.seed=-1"]))

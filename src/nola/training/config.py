@@ -91,6 +91,8 @@ def check_train_config(train, world_size: int = 1) -> int:
     for key in positive:
         if getattr(train, key) < 1:
             raise NolaError(f"train.{key}={getattr(train, key)} must be at least 1")
+    if not 0 <= train.seed < 2**63:
+        raise NolaError(f"train.seed={train.seed} must be a non-negative integer below 2**63")
     if train.dist_timeout_s <= 0:
         raise NolaError(f"train.dist_timeout_s={train.dist_timeout_s} must be positive")
     for key in ("lr", "warmup_steps", "weight_decay", "adam_eps", "max_grad_norm", "max_steps", "max_time_s"):

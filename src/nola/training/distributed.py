@@ -46,8 +46,10 @@ START_HINT = "start data-parallel runs with `torchrun --nproc_per_node=N -m nola
 
 
 def read_environment(env: Mapping[str, str]) -> tuple[int, int, int]:
-    """(world_size, rank, local_rank) from torchrun's variables; (1, 0, 0) when none is set."""
-    present = [key for key in ENVIRONMENT if key in env]
+    """(world_size, rank, local_rank) from torchrun's variables; (1, 0, 0) when none is set (an
+    empty variable counts as unset)."""
+    env = {key: env[key] for key in ENVIRONMENT if env.get(key, "") != ""}
+    present = list(env)
     if not present:
         return 1, 0, 0
     numbers = {}
