@@ -107,6 +107,11 @@ def digest_file(path: str | Path) -> FileDigest:
     return FileDigest(size=size, sha256=sha256.hexdigest(), git_blob=blob.hexdigest())
 
 
+def json_sha256(value: Any) -> str:
+    """The sha256 of a JSON value as text (what run records compare to tell whether inputs changed)."""
+    return hashlib.sha256(json.dumps(value, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 def sha256_file(path: str | Path) -> str:
     """The sha256 hex digest of a file."""
     return digest_file(path).sha256

@@ -18,7 +18,6 @@ The run directory's files are named by `nola.layout.RunLayout`.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import time
@@ -35,10 +34,10 @@ from nola.adapters.checkpoint import WEIGHTS_FILE
 from nola.bench.machine import cpu_model
 from nola.config import CONF_DIR, launch, typed_config
 from nola.data import ReferenceGroup, load_reference_groups
-from nola.fileio import ensure_writable_dir, read_json, write_json_atomic
-from nola.decode.stage import decode_stage
+from nola.fileio import ensure_writable_dir, json_sha256, read_json, write_json_atomic
+from nola.decode.stage import decode_outputs, decode_stage
 from nola.allocator import keep_freed_memory
-from nola.errors import NolaError, exit_on_user_error
+from nola.errors import exit_on_user_error
 from nola.metrics import score_e2e, score_gem, score_webnlg
 from nola.params import count_adapter
 from nola.tables import validate_result
@@ -47,20 +46,15 @@ from nola.layout import RunLayout
 from nola.train import train
 
 
-
 def run(cfg: DictConfig, run_dir: str | Path | None = None, *, experiment: str | None = None,
         tag: str | None = None) -> dict[str, Any]:
     """Train, decode and score per `cfg` in `run_dir` (default paths.runs_dir/name); return results.json."""
     typed_config(cfg)  # decode and score settings are checked before training starts
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.paths.runs_dir) / str(cfg.name)
     ensure_writable_dir(run_dir, what="paths.runs_dir (or hydra.run.dir)")
-    if cfg.decode.out_dir is not None:
-        ensure_writable_dir(Path(cfg.decode.out_dir), what="decode.out_dir")
-    if cfg.decode.split not in ("valid", "test"):
-        raise NolaError(f"decode.split={cfg.decode.split!r}: the run pipeline scores valid or test")
+    out = decode_outputs(cfg, run_dir)  # before training: a decode setting that cannot work fails now
     groups = load_reference_groups(cfg.task.data_dir, cfg.task.name, cfg.decode.split)
     adapter_dir, training = train_stage(cfg, run_dir)
-    out = RunLayout(Path(cfg.decode.out_dir) if cfg.decode.out_dir is not None else run_dir)
     decoded = decode_stage(cfg, out, adapter_dir, groups)
     if decoded is None:  # another process of a torchrun job: the main process scores
         return {}
@@ -102,7 +96,7 @@ def score_stage(cfg: DictConfig, run_dir: Path, groups: list[ReferenceGroup], hy
                 experiment: str | None, tag: str | None) -> dict[str, Any]:
     """Score the hypotheses and write results.json, unless it already scores exactly these."""
     path = RunLayout(run_dir).results
-    scored = {"hypotheses_sha256": decoding["sha256"], "references_sha256": _digest([g.references for g in groups]),
+    scored = {"hypotheses_sha256": decoding["sha256"], "references_sha256": json_sha256([g.references for g in groups]),
               "decode": decoding["key"]["settings"]}
     if path.is_file():
         existing = read_json(path)
@@ -173,10 +167,6 @@ def machine_description() -> str:
     if torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     return f"cpu: {cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), torch {torch.__version__}"
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

@@ -19,26 +19,22 @@ import hydra
 from omegaconf import DictConfig
 
 from nola.config import CONF_DIR, launch, typed_config
-from nola.fileio import ensure_writable_dir
 from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
 from nola.layout import RunLayout
+
 
 def decode_from_config(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Decode `cfg.decode.split` of `cfg.task` and write the hypothesis files; return the decode.json
     record without its reuse key (an empty dict on the non-main processes of a torchrun job)."""
     from nola.data import load_reference_groups
-    from nola.decode.stage import decode_stage
+    from nola.decode.stage import decode_outputs, decode_stage
 
     typed_config(cfg)
-    split = str(cfg.decode.split)
-    if split not in ("valid", "test"):
-        raise NolaError(f"decode.split={split!r}: decode the valid or the test split")
+    out = decode_outputs(cfg, Path(run_dir))
     adapter_dir = find_adapter(cfg, Path(run_dir))
-    out_dir = Path(cfg.decode.out_dir) if cfg.decode.out_dir is not None else Path(run_dir)
-    ensure_writable_dir(out_dir, what="decode.out_dir")
-    groups = load_reference_groups(cfg.task.data_dir, cfg.task.name, split)
-    decoded = decode_stage(cfg, RunLayout(out_dir), adapter_dir, groups)
+    groups = load_reference_groups(cfg.task.data_dir, cfg.task.name, str(cfg.decode.split))
+    decoded = decode_stage(cfg, out, adapter_dir, groups)
     if decoded is None:
         return {}
     return {key: value for key, value in decoded[1].items() if key != "key"}

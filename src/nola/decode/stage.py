@@ -11,8 +11,6 @@ contexts and the main process writes the files (the others get None).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,8 @@ from nola.adapters.checkpoint import WEIGHTS_FILE
 from nola.build import build_model
 from nola.data import ReferenceGroup, reference_files
 from nola.decode.hypotheses import decode_split, write_hypotheses
-from nola.fileio import read_json, sha256_file, write_json_atomic
+from nola.errors import NolaError
+from nola.fileio import ensure_writable_dir, json_sha256, read_json, sha256_file, write_json_atomic
 from nola.layout import RunLayout
 from nola.training.distributed import broadcast_object, init_distributed, shutdown_distributed
 
@@ -31,6 +30,16 @@ SEARCH_KEYS = ("beam", "length_penalty", "no_repeat_ngram_size", "repetition_pen
 def decode_settings(decode_cfg) -> dict[str, Any]:
     """The beam-search hyper-parameters of `decode` (microsoft/LoRA gpt2_beam.py), as decode.json records them."""
     return {**{key: decode_cfg[key] for key in SEARCH_KEYS}, "eos_ids": [int(i) for i in decode_cfg.eos_ids]}
+
+
+def decode_outputs(cfg, run_dir: Path) -> RunLayout:
+    """Where decoding writes (`decode.out_dir`, else the run directory), checked before any work:
+    the split must have references to score against, and the directory must be writable."""
+    if str(cfg.decode.split) not in ("valid", "test"):
+        raise NolaError(f"decode.split={cfg.decode.split!r}: decode the valid or the test split (they have references)")
+    out_dir = Path(cfg.decode.out_dir) if cfg.decode.out_dir is not None else Path(run_dir)
+    ensure_writable_dir(out_dir, what="decode.out_dir" if cfg.decode.out_dir is not None else "paths.runs_dir")
+    return RunLayout(out_dir)
 
 
 def decode_stage(cfg, out: RunLayout, adapter_dir: Path | None,
@@ -44,7 +53,7 @@ def decode_stage(cfg, out: RunLayout, adapter_dir: Path | None,
         key = {
             "base_fingerprint": built.base_fingerprint,
             "adapter_sha256": sha256_file(adapter_dir / WEIGHTS_FILE) if adapter_dir is not None else None,
-            "contexts_sha256": hashlib.sha256(json.dumps(contexts, ensure_ascii=False).encode()).hexdigest(),
+            "contexts_sha256": json_sha256(contexts),
             "settings": decode_settings(cfg.decode),
         }
         reused = broadcast_object(ctx, _reusable(out, split, key, len(groups)) if ctx.is_main else None)
