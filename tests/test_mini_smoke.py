@@ -17,6 +17,7 @@ from nola.tables import read_result
 from mirror_support import MIRROR, sources_for_mirror
 
 SMOKE_METHODS = ("lora", "nola_k16")  # each run costs a METEOR + PTB-tokenizer JVM; CI keeps two methods
+SEEDS = (110, 111)  # two seeds per method (the mini's train.seed and the next)
 # Hand-computed trainable parameters of the tiny model (2 layers, d = 64) adapted on q and v:
 # LoRA r=4: 2 layers x 2 matrices x 4 x (64 + 64); NOLA 32 + 32 coefficients per matrix.
 EXPECTED_PARAMS = {"none": 0, "lora": 2 * 2 * 4 * (64 + 64), "nola": 2 * 2 * (16 + 16)}  # tiny: 2 layers, q and v
@@ -32,7 +33,7 @@ def smoke(tmp_path_factory, vocab_dir, single_thread):
     prepare(["e2e", "webnlg", "dart"], data, mirror=MIRROR, sources=sources_for_mirror(MIRROR, root / "sources.json"),
             progress=False)
     argv = ["--out", str(root / "out"), "--pretrain-examples", "4", "--adapt-examples", "4", "--valid-examples", "2",
-            "--test-contexts", "5", "--methods", ",".join(SMOKE_METHODS),
+            "--test-contexts", "5", "--methods", ",".join(SMOKE_METHODS), "--seeds", str(len(SEEDS)),
             "~decode", "model=tiny", f"paths.data_dir={data}", f"paths.vocab_dir={vocab_dir}",
             f"paths.runs_dir={root / 'runs'}", f"paths.cache_dir={root / 'cache'}", "train.device=cpu",
             "train.max_steps=2", "train.max_time_s=30", "decode.beam=2", "decode.max_new_tokens=8"]
@@ -47,8 +48,10 @@ def test_every_stage_leaves_its_files(smoke):
     pretraining = json.loads((base / "pretraining.json").read_text())
     assert pretraining["steps"] in (1, 2) and pretraining["examples"] == 4
     assert (root / "cache" / "mini-data" / "pretrain" / "dart" / "train.jsonl").is_file()
-    runs = sorted((root / "runs" / "mini").glob("base-*/*/results.json"))
-    assert sorted(path.parent.name for path in runs) == sorted(("base", *SMOKE_METHODS))
+    runs = sorted((root / "runs" / "mini").glob("base-*/**/results.json"))
+    names = sorted(str(path.parent.relative_to(path.parents[2] if "seed-" in path.parent.name else path.parents[1]))
+                   for path in runs)
+    assert names == sorted(["base", *(f"{m}/seed-{s}" for m in SMOKE_METHODS for s in SEEDS)])
     assert (root / "out" / "mini.md").is_file()
     assert (root / "out" / "mini_params_vs_bleu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -63,7 +66,7 @@ def test_pretraining_never_sees_e2e(smoke):
 def test_results_validate_with_numbers_in_range(smoke):
     root, _ = smoke
     groups = (root / "cache" / "mini-data" / "e2e" / "e2e" / "test_references.jsonl").read_text().splitlines()
-    for path in sorted((root / "runs" / "mini").glob("base-*/*/results.json")):
+    for path in sorted((root / "runs" / "mini").glob("base-*/**/results.json")):
         result = read_result(path)  # the tables' schema check
         kind = result["adapter"]["kind"]
         assert result["task"] == "e2e" and result["split"] == "test" and result["model"] == "tiny"
@@ -93,9 +96,13 @@ def test_table_lists_every_run_with_date_and_machine(smoke):
     root, _ = smoke
     table = (root / "out" / "mini.md").read_text(encoding="utf-8")
     assert "- date: " in table and ("- machine: cpu" in table or "- machine: cuda" in table)
-    for tag in ("mini/base", *(f"mini/{m}" for m in SMOKE_METHODS)):
+    for tag in ("mini/base", *(f"mini/{m}/seed-{s}" for m in SMOKE_METHODS for s in SEEDS)):
         assert f"| {tag} |" in table
     assert table.count("beats the un-adapted base on") == len(SMOKE_METHODS)
+    assert "- training precision: " in table
+    # the seeds of one method are one row: n = 2 and both seeds named in its source
+    rows = [line for line in table.splitlines() if line.startswith("| **LoRA (r=4) (ours)")]
+    assert len(rows) == 1 and "| 2 |" in rows[0] and "seeds 110, 111" in rows[0]
 
 
 def test_rerun_resumes_without_redoing_anything(smoke, capsys):
@@ -106,7 +113,7 @@ def test_rerun_resumes_without_redoing_anything(smoke, capsys):
     after = {path: path.stat().st_mtime_ns for path in outputs if path.is_file()}
     assert after == before
     printed = json.loads(capsys.readouterr().out)
-    assert set(printed) == {"mini/base", *(f"mini/{m}" for m in SMOKE_METHODS)}
+    assert set(printed) == {"mini/base", *(f"mini/{m}/seed-{s}" for m in SMOKE_METHODS for s in SEEDS)}
 
 
 def test_every_method_is_a_known_config():

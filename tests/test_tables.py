@@ -64,12 +64,12 @@ def md_lines(tables: dict[str, str]) -> list[str]:
 
 def test_e2e_rows_in_nola_layout_with_ours_after_its_published_row(published):
     lines = md_lines(build_tables([E2E_NOLA_L], published))
-    header = "| Method | # Trainable Parameters | BLEU | NIST | MET | ROUGE-L | CIDEr | Source |"
+    header = "| Method | # Trainable Parameters | BLEU | NIST | MET | ROUGE-L | CIDEr | n | BLEU 95% CI | p vs LoRA | Source |"
     assert header in lines
-    lora_m = "| LoRA (r=4) | 0.35M | 70.4±0.1 | 8.85±0.02 | 46.8±0.2 | 71.8±0.1 | 2.53±0.02 | LoRA, Table 3 |"
-    finetune_l = "| Finetune | 774.03M | 68.5 | 8.78 | 46.0 | 69.9 | 2.45 | LoRA, Table 3 |"
-    nola_l = "| NOLA (r=8) | 0.036M | 70.1 | – | 46.7 | 71.7 | – | NOLA, GPT-2 L E2E table (project page) |"
-    ours = "| **NOLA (r=8, k=256, l=256) (ours)** | 0.037M | 70.1 | 8.77 | 46.8 | 71.8 | 2.52 | runs/e2e_nola_l |"
+    lora_m = "| LoRA (r=4) | 0.35M | 70.4±0.1 | 8.85±0.02 | 46.8±0.2 | 71.8±0.1 | 2.53±0.02 | – | – | – | LoRA, Table 3 |"
+    finetune_l = "| Finetune | 774.03M | 68.5 | 8.78 | 46.0 | 69.9 | 2.45 | – | – | – | LoRA, Table 3 |"
+    nola_l = "| NOLA (r=8) | 0.036M | 70.1 | – | 46.7 | 71.7 | – | – | – | – | NOLA, GPT-2 L E2E table (project page) |"
+    ours = "| **NOLA (r=8, k=256, l=256) (ours)** | 0.037M | 70.1 | 8.77 | 46.8 | 71.8 | 2.52 | 1 | – | – | runs/e2e_nola_l |"
     for line in (lora_m, finetune_l, nola_l, ours):
         assert line in lines
     assert lines.index(ours) == lines.index(nola_l) + 1
@@ -79,14 +79,14 @@ def test_e2e_rows_in_nola_layout_with_ours_after_its_published_row(published):
 def test_webnlg_and_dart_layouts(published):
     lines = md_lines(build_tables([WEBNLG_LORA_M, DART_MINI], published))
     webnlg_header = ("| Method | # Trainable Parameters | BLEU↑ U | BLEU↑ S | BLEU↑ A | MET↑ U | MET↑ S | MET↑ A "
-                     "| TER↓ U | TER↓ S | TER↓ A | Source |")
+                     "| TER↓ U | TER↓ S | TER↓ A | n | BLEU 95% CI | p vs LoRA | Source |")
     lora_m = ("| LoRA (r=4) | 0.35M | 46.7±0.4 | 62.1±0.2 | 55.3±0.2 | 0.38 | 0.44 | 0.41 | 0.46 | 0.33 | 0.39 "
-              "| LoRA, Table 14 |")
-    ours = "| **LoRA (r=4) (ours)** | 0.393M | 46.6 | 62.3 | 55.1 | 0.38 | 0.44 | 0.41 | 0.46 | 0.33 | 0.39 | paper |"
+              "| – | – | – | LoRA, Table 14 |")
+    ours = "| **LoRA (r=4) (ours)** | 0.393M | 46.6 | 62.3 | 55.1 | 0.38 | 0.44 | 0.41 | 0.46 | 0.33 | 0.39 | 1 | – | – | paper |"
     assert webnlg_header in lines and lines.index(ours) == lines.index(lora_m) + 1
-    assert "| Method | # Trainable Parameters | BLEU↑ | MET↑ | TER↓ | Source |" in lines
-    assert "| FT-Top2 | 24M | 41.0 | 0.34 | 0.56 | LoRA, Table 13 |" in lines
-    mini = "| **NOLA (r=8, k=64, l=64), 4-bit (ours)** | 1,024 | 12.3 | 0.20 | 0.78 | mini |"
+    assert "| Method | # Trainable Parameters | BLEU↑ | MET↑ | TER↓ | n | BLEU 95% CI | p vs LoRA | Source |" in lines
+    assert "| FT-Top2 | 24M | 41.0 | 0.34 | 0.56 | – | – | – | LoRA, Table 13 |" in lines
+    mini = "| **NOLA (r=8, k=64, l=64), 4-bit (ours)** | 1,024 | 12.3 | 0.20 | 0.78 | 1 | – | – | mini |"
     assert lines.index("### mini") < lines.index(mini)
 
 
@@ -94,16 +94,16 @@ def test_rows_without_published_counterpart_and_without_published_data():
     tables = build_tables([DART_MINI], None)
     lines = md_lines(tables)
     assert "## DART (layout of LoRA Table 13)" in lines and "### mini" in lines
-    assert "| **NOLA (r=8, k=64, l=64), 4-bit (ours)** | 1,024 | 12.3 | 0.20 | 0.78 | mini |" in lines
+    assert "| **NOLA (r=8, k=64, l=64), 4-bit (ours)** | 1,024 | 12.3 | 0.20 | 0.78 | 1 | – | – | mini |" in lines
     assert "## E2E" not in tables["md"] and "## Sources" not in tables["md"]
-    assert r"\textit{NOLA (r=8, k=64, l=64), 4-bit (ours)} & 1,024 & 12.3 & 0.20 & 0.78 & mini \\" in tables["tex"]
+    assert r"\textit{NOLA (r=8, k=64, l=64), 4-bit (ours)} & 1,024 & 12.3 & 0.20 & 0.78 & 1 & -- & -- & mini \\" in tables["tex"]
 
 
 def test_unmatched_run_closes_its_model_block_and_other_splits_are_labelled(published):
     valid_run = dict(E2E_NOLA_L, split="valid", trainable_params=98304, run_dir="runs/v",
                      adapter=dict(E2E_NOLA_L["adapter"], num_basis_a=680, num_basis_b=685))
     lines = md_lines(build_tables([valid_run], published))
-    row = "| **NOLA (r=8, k=680, l=685) (ours, valid)** | 0.098M | 70.1 | 8.77 | 46.8 | 71.8 | 2.52 | runs/v |"
+    row = "| **NOLA (r=8, k=680, l=685) (ours, valid)** | 0.098M | 70.1 | 8.77 | 46.8 | 71.8 | 2.52 | 1 | – | – | runs/v |"
     block_end = lines.index("## DART (layout of LoRA Table 13)") - 1
     assert lines[block_end - 1] == row
 
@@ -111,7 +111,7 @@ def test_unmatched_run_closes_its_model_block_and_other_splits_are_labelled(publ
 def test_latex_groups_webnlg_headers_and_escapes(published):
     tex = build_tables([WEBNLG_LORA_M], published)["tex"]
     assert (r" &  & \multicolumn{3}{c}{BLEU$\uparrow$} & \multicolumn{3}{c}{MET$\uparrow$} & "
-            r"\multicolumn{3}{c}{TER$\downarrow$} &  \\") in tex
+            r"\multicolumn{3}{c}{TER$\downarrow$} &  &  &  &  \\") in tex
     assert r"LoRA (r=4) & 0.35M & 70.4$\pm$0.1 & 8.85$\pm$0.02" in tex
     assert r"\# Trainable Parameters" in tex and tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 3
 
@@ -136,7 +136,9 @@ def test_figure_draws_frozen_bases_as_lines_not_points():
     frozen = {**E2E_NOLA_L, "adapter": {"kind": "none"}, "trainable_params": 0,
               "metrics": {**E2E_NOLA_L["metrics"], "BLEU": 0.0280}}
     assert _frozen_bases([E2E_NOLA_L, frozen, DART_MINI]) == {"e2e": [("gpt2-large", pytest.approx(2.8))]}
-    assert _points([E2E_NOLA_L, frozen], None) == {"e2e": [("gpt2-large", True, 36864, pytest.approx(70.12))]}
+    [point] = _points([E2E_NOLA_L, frozen], None)["e2e"]
+    assert (point.model, point.ours, point.params, point.bleu) == ("gpt2-large", True, 36864, pytest.approx(70.12))
+    assert point.label == "NOLA (r=8, k=256, l=256), 0.037M" and point.error is None
 
 
 def test_figure_is_a_png(tmp_path, published):

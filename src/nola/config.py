@@ -41,13 +41,19 @@ GROUPS = ("model", "adapter", "task", "train", "decode", "paths", "experiment")
 
 @dataclass
 class Config:
+    # train before adapter: adapter.base_seed follows train.seed, whose own check names it first
+    train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     name: str = "${task.name}_${model.name}_${adapter.kind}"  # run name (experiment configs set it)
+    seeds: int = 1  # nola.run: train this many seeds from train.seed, each in <run dir>/seed-<seed>
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise NolaError(f"seeds={self.seeds} must be at least 1 (the number of seeds nola.run trains)")
 
 
 def register_schemas() -> None:

@@ -5,6 +5,8 @@
       tensorboard/                    training curves                       nola.training.monitor
       checkpoints/                    resumable training state              nola.training.checkpoint
       adapter/                        the final adapter (adapter.safetensors + adapter_config.json)
+      epochs/epoch-<n>/               the adapter at the end of epoch n    nola.train
+                                      (+ valid_hypotheses.txt etc. when chosen by validation BLEU)
       train_metrics.json              the training record                   nola.train
       <split>_hypotheses.txt          one hypothesis per reference group    nola.decode
       <split>_hypotheses.jsonl        index, context, tokens, score, text   nola.decode
@@ -46,6 +48,10 @@ class RunLayout:
     @property
     def adapter(self) -> Path:
         return self.root / "adapter"
+
+    def epoch_adapter(self, epoch: int) -> Path:
+        """The adapter saved at the end of epoch `epoch` (1-based)."""
+        return self.root / "epochs" / f"epoch-{epoch}"
 
     @property
     def train_metrics(self) -> Path:

@@ -1,22 +1,28 @@
 """The offline mini reproduction: `python -m nola.mini [options] [hydra overrides]`.
 
 `make mini` (scripts/mini.sh) prepares the data, then runs this. Every stage goes through the same
-code as the full-scale runs (`nola.train.train`, `nola.run.run`); only the configs differ
+code as the full-scale runs (`nola.train.train`, `nola.run.run_seeds`); only the configs differ
 (conf/experiment/mini/*.yaml):
 
 1. pretrain the mini GPT-2 (4 layers, 128 wide, GPT-2 tokenizer) from random init on a subset of
-   DART + WebNLG training data, never E2E (`experiment=mini/pretrain`, wall time capped by
-   train.max_time_s) and export it as a Hugging Face directory `<paths.cache_dir>/mini-base`, which
-   later runs reuse (delete it to pretrain again);
+   DART + WebNLG training data, never E2E (`experiment=mini/pretrain`, a budget of one epoch) and
+   export it as a Hugging Face directory `<paths.cache_dir>/mini-base`, which later runs reuse
+   (delete it to pretrain again);
 2. adapt it to a fixed subset of E2E train with full fine-tuning, LoRA r=4, LoRA r=1 and NOLA with
-   512 and 256 parameters (a quarter and an eighth of LoRA r=1's), each with the same wall budget;
+   512 and 256 parameters (a quarter and an eighth of LoRA r=1's), each with the same budget in
+   steps, `--seeds` seeds each (train.seed 110, 111, ...), each run reported at the epoch of its
+   lowest validation loss (the papers' protocol);
 3. decode the first `--test-contexts` E2E test reference groups with the paper's beam settings for
    every adapted model and for the un-adapted base (`experiment=mini/base`);
-4. score them (`nola.metrics`) and write `<out>/mini.md` (the table with date, machine and load)
-   and `<out>/mini_params_vs_bleu.png` (`nola.tables`).
+4. score them (`nola.metrics`), and write `<out>/mini.md`: the table (mean ± sd over seeds, BLEU's
+   bootstrap interval, paired bootstrap p-values against LoRA; `nola.tables`, `nola.stats`), every
+   run, the machine, date and load, and `<out>/mini_params_vs_bleu.png`.
+Training runs under bf16 autocast where the device computes bfloat16 natively (`native_bf16`), in
+float32 elsewhere; the report says which. Budgets are steps and epochs, never wall time:
+train.max_time_s is a safety stop only, and a run it stops is marked incomplete (†).
 Data subsets are written under `<paths.cache_dir>/mini-data/` by `write_subsets`; runs go to
-`<paths.runs_dir>/mini/base-<fingerprint>/<method>`, so a new base never reuses an old adapter.
-Rerunning resumes: every finished stage is skipped.
+`<paths.runs_dir>/mini/base-<fingerprint>-data-<recipe>/<method>[/seed-<seed>]`, so a new base
+never reuses an old adapter. Rerunning resumes: every finished stage is skipped.
 """
 
 from __future__ import annotations
@@ -47,10 +53,13 @@ from nola.allocator import keep_freed_memory
 from nola.errors import NolaError, exit_on_user_error
 from nola.export import export_hf_model
 from nola.model import base_fingerprint, load_gpt2
-from nola.run import machine_description, run, train_stage
+from nola.bench.machine import native_bf16
+from nola.run import machine_description, run_seeds, train_stage
 from nola.tables import build_tables, plot_params_vs_bleu
-from nola.tables.render import LAYOUTS, our_row
-from nola.tables.schema import metric_name
+from nola.tables.groups import RunGroup, group_runs
+from nola.tables.render import BLEU_KEY, LAYOUTS, our_row
+from nola.tables.schema import PAPER_SCALE, metric_name
+from nola.training.distributed import init_distributed
 
 METHODS = ("ft", "lora", "lora_r1", "nola_k32", "nola_k16")
 BASE_RUN = "base"
@@ -62,7 +71,7 @@ LOWER_IS_BETTER = {"TER"}
 
 @dataclass(frozen=True)
 class MiniSettings:
-    """Sizes of the data subsets (the training budgets are train.max_time_s in the configs).
+    """Sizes of the data subsets and the seeds (the training budgets, in epochs, are in the configs).
 
     pretrain_examples: DART + WebNLG training pairs drawn at random (seeded) among those with at
         most `pretrain_max_chars` characters of context + completion (short pairs cost less per step).
@@ -70,6 +79,7 @@ class MiniSettings:
     valid_examples: validation pairs per task (validation loss at each epoch end).
     test_contexts: the first E2E test reference groups decoded and scored (all their references);
         630 is the whole E2E test set, as the papers score it.
+    seeds: seeds per adapted method (train.seed, train.seed + 1, ...); the papers average 3.
     """
 
     pretrain_examples: int = 40000
@@ -77,6 +87,7 @@ class MiniSettings:
     adapt_examples: int = 4800
     valid_examples: int = 48
     test_contexts: int = 630
+    seeds: int = 3
     seed: int = 0
 
 
@@ -89,6 +100,7 @@ class MiniReport:
     load_before: tuple[float, ...] = ()
     loads: list[float] = field(default_factory=list)  # 1-minute load average at the end of every stage
     pretraining: dict[str, Any] = field(default_factory=dict)
+    precision_reason: str = ""
 
     def stage_done(self, name: str, seconds: float) -> None:
         self.stages_s[name] = seconds
@@ -98,6 +110,13 @@ class MiniReport:
 def stage_config(stage: str, overrides: list[str], *extra: str) -> DictConfig:
     """The composed config of one mini stage: conf/experiment/mini/<stage>.yaml + the user's overrides."""
     return compose_config([f"experiment=mini/{stage}", *overrides, *extra])
+
+
+def training_precision(overrides: list[str]) -> str:
+    """bf16 where the training device computes bfloat16 natively, else fp32 (detected, never assumed)."""
+    probe = stage_config("pretrain", overrides)
+    device = init_distributed(str(probe.train.device), probe.train.dist_timeout_s).device
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def _pairs(examples: list[Example]) -> list[Example]:
@@ -175,56 +194,93 @@ def _count_lines(path: Path) -> int:
 
 
 def adapt_and_score(overrides: list[str], base_dir: Path, data_key: str, methods: tuple[str, ...],
-                    report: MiniReport) -> list[dict[str, Any]]:
-    """Stages 2–4 for the base and every method: `nola.run.run` in its own run directory, named by
-    the base's fingerprint and the data recipe so that neither is ever mixed with another."""
+                    report: MiniReport, seeds: int) -> list[dict[str, Any]]:
+    """Stages 2–4 for the base and every method (`seeds` seeds each): `nola.run.run_seeds` in its own
+    run directory, named by the base's fingerprint and the data recipe so that neither is ever mixed
+    with another. Returns every run's results.json."""
     fingerprint = base_fingerprint(load_gpt2(base_dir))[:12]
     results = []
     for name in (BASE_RUN, *methods):
         started = time.perf_counter()
-        cfg = stage_config(name, overrides, f"model.source={base_dir}")
+        cfg = stage_config(name, overrides, f"model.source={base_dir}", f"seeds={1 if name == BASE_RUN else seeds}")
         run_dir = Path(cfg.paths.runs_dir) / "mini" / f"base-{fingerprint}-data-{data_key}" / name
-        results.append(run(cfg, run_dir, experiment=f"mini/{name}", tag=f"mini/{name}"))
+        results += run_seeds(cfg, run_dir, experiment=f"mini/{name}", tag=f"mini/{name}")
         report.stage_done(name, time.perf_counter() - started)
     return results
 
 
+def _printed(group: RunGroup) -> dict[str, float]:
+    """A row's metric means as the table prints them (papers' scale and decimals)."""
+    spreads = group.spreads()
+    return {c.key: round(spreads[c.key].mean * PAPER_SCALE[group.task][metric_name(c.key)], c.decimals)
+            for c in LAYOUTS[group.task][1]}
+
+
 def comparison(results: list[dict[str, Any]]) -> list[str]:
-    """Markdown lines: for every adapted model, the metrics on which it beats the un-adapted base.
+    """Markdown lines: for every adapted row (seed means), the metrics on which it beats the un-adapted
+    base, and whether its BLEU interval lies above the base's BLEU.
 
     A metric counts as won only if the numbers differ as printed in the table (papers' scale and
     decimals), so BLEU 1e-13 against 0 is a tie, not a win.
     """
-    base = next(r for r in results if r["adapter"]["kind"] == "none")
-    columns = LAYOUTS[base["task"]][1]
-    printed = lambda result: {c.key: round(our_row(result).metrics[c.key], c.decimals) for c in columns}  # noqa: E731
-    floor = printed(base)
+    groups = group_runs(results)
+    base = next(g for g in groups if g.first["adapter"]["kind"] == "none")
+    floor = _printed(base)
+    bleu_key = BLEU_KEY[base.task]
     lines = []
-    for result in results:
-        if result is base:
+    for group in groups:
+        if group is base:
             continue
-        mine = printed(result)
+        mine = _printed(group)
         better = [key for key in floor if (mine[key] < floor[key] if metric_name(key) in LOWER_IS_BETTER
                                            else mine[key] > floor[key])]
         verdict = "all" if len(better) == len(floor) else f"{len(better)} of"
-        lines.append(f"- {result['tag']}: beats the un-adapted base on {verdict} {len(floor)} metrics as printed"
-                     + ("" if len(better) == len(floor) else f" ({', '.join(better) or 'none'})"))
+        interval = _bleu_interval_text(group, floor[bleu_key])
+        lines.append(f"- {group.first['experiment']}: beats the un-adapted base on {verdict} {len(floor)} metrics as "
+                     f"printed" + ("" if len(better) == len(floor) else f" ({', '.join(better) or 'none'})")
+                     + f"; {interval}")
     return lines
 
 
+def _bleu_interval_text(group: RunGroup, base_bleu: float) -> str:
+    row = our_row(group)
+    if row.interval is None:
+        return "no BLEU interval"
+    low, high = row.interval
+    where = "above" if low > base_bleu else ("below" if high < base_bleu else "overlapping")
+    return f"BLEU 95% interval [{low:.1f}, {high:.1f}] {where} the base's {base_bleu:.1f}"
+
+
+STATISTICS_NOTE = """What these statistics support and what they don't:
+- mean ± sd is over {seeds} seeds (train.seed {seed_list}): batch order, dropout, the adapter's initialisation and
+  NOLA's bases all change with the seed. With n = {seeds} the sd itself is uncertain by roughly half its value;
+  differences within about one sd are not evidence of anything.
+- the BLEU 95% interval is a percentile bootstrap over the {contexts} test contexts (1,000 seeded resamples) of the
+  seed-mean BLEU: it shows how much BLEU would move on another test set drawn like this one, not over seeds,
+  another base, another training subset or another budget.
+- p vs LoRA is a two-sided paired bootstrap test of the BLEU difference to LoRA r=4 on the same resampled
+  contexts, one test per row with no correction for multiple comparisons; a small p says the test set is large
+  enough to tell the two seed-means apart, not that one method is better in general.
+- everything here is one 4-layer base pretrained for a few minutes, {adapt} E2E training pairs and a short budget:
+  it checks that the pipeline adapts and measures; it does not reproduce the papers' GPT-2 M/L numbers."""
+
+
 def render_report(results: list[dict[str, Any]], report: MiniReport, settings: MiniSettings) -> str:
-    """eval/results/mini.md: header (date, machine, load, budgets), the E2E table, timings, comparison."""
+    """eval/results/mini.md: header (date, machine, load, budgets), the E2E table, every run, comparison."""
     table = build_tables(results, None)["md"]
     table = table[table.index("## "):]  # drop the paper-tables title; keep the E2E section
     load_after = os.getloadavg()
     total = time.time() - report.started
     pre = report.pretraining
+    precision = sorted({(r.get("training") or {}).get("precision") for r in results if r.get("training")} - {None})
+    seeds = sorted({r["seed"] for r in results if r.get("seed") is not None})
     lines = [
         "# Mini reproduction (`make mini`)", "",
         "Generated by `python -m nola.mini`; do not edit. What it shows and what it can't: README.md, "
         "section *Mini reproduction*.", "",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine_description()}",
+        f"- training precision: {', '.join(precision) or '–'} ({report.precision_reason})",
         f"- load average (1/5/15 min) at start {_load(report.load_before)}, at end {_load(load_after)}; "
         f"1-min load at the end of each stage {min(report.loads):.1f}–{max(report.loads):.1f} "
         f"(a load above {os.cpu_count()} means other processes shared the {os.cpu_count()} cores)",
@@ -234,20 +290,43 @@ def render_report(results: list[dict[str, Any]], report: MiniReport, settings: M
         f"pairs: {pre.get('steps')} of {pre.get('total_steps')} steps ({pre.get('stop_reason')}), "
         f"{_num(pre.get('train_s'), 0)} s, final train loss {_num(pre.get('train_loss'), 3)}, "
         f"valid loss {_num(pre.get('valid_loss'), 3)}",
-        f"- E2E: {settings.adapt_examples} training pairs drawn at random; the first {results[0]['contexts']} test "
-        f"contexts with all their references; decoding {_settings(results[0]['scored']['decode'])}", "",
+        f"- E2E: {settings.adapt_examples} training pairs drawn at random; {settings.seeds} seeds per method, each "
+        f"reported at the epoch of its lowest validation loss ({settings.valid_examples} validation pairs); the first "
+        f"{results[0]['contexts']} test contexts with all their references; decoding "
+        f"{_settings(results[0]['scored']['decode'])}", "",
         table,
-        "## Budget and timings", "",
-        "| run | steps (of schedule) | stop | train s | decode s | score s | adapter bytes |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "## Every run", "",
+        "| run | seed | epoch (valid loss per epoch) | steps (of budget) | stop | BLEU [95% CI] | train s | decode s "
+        "| adapter bytes |",
+        "|---|---:|---|---:|---|---|---:|---:|---:|",
     ]
     for result in results:
         training, timings = result.get("training", {}), result["timings"]
-        lines.append(f"| {result['tag']} | {training.get('steps', '–')} ({training.get('total_steps', '–')}) | "
-                     f"{training.get('stop_reason', '–')} | {timings['train_s']:.0f} | {timings['decode_s']:.0f} | "
-                     f"{timings['score_s']:.0f} | {result['adapter_file_bytes']:,} |")
-    lines += ["", "## Against the un-adapted base", "", *comparison(results), ""]
+        lines.append(f"| {result['tag']} | {result.get('seed') if result.get('seed') is not None else '–'} | "
+                     f"{_epoch_text(result.get('selection'))} | {training.get('steps', '–')} "
+                     f"({training.get('total_steps', '–')}) | {training.get('stop_reason', '–')} | {_run_bleu(result)} | "
+                     f"{timings['train_s']:.0f} | {timings['decode_s']:.0f} | {result['adapter_file_bytes']:,} |")
+    lines += ["", "## Against the un-adapted base", "", *comparison(results), "",
+              "## What the statistics can and cannot support", "",
+              STATISTICS_NOTE.format(seeds=settings.seeds, seed_list=", ".join(map(str, seeds)),
+                                     contexts=results[0]["contexts"], adapt=settings.adapt_examples), ""]
     return "\n".join(lines)
+
+
+def _epoch_text(selection: dict[str, Any] | None) -> str:
+    if not selection:
+        return "–"
+    values = ", ".join(f"{value:.3f}" for value in selection["candidates"].values())
+    return f"{selection['epoch']} ({values})" if values else str(selection["epoch"])
+
+
+def _run_bleu(result: dict[str, Any]) -> str:
+    scale = PAPER_SCALE[result["task"]]["BLEU"]
+    bleu = result["metrics"]["all"]["BLEU"] if "all" in result["metrics"] else result["metrics"]["BLEU"]
+    interval = result.get("bleu_interval")
+    if not interval:
+        return f"{bleu * scale:.1f}"
+    return f"{bleu * scale:.1f} [{interval['low'] * scale:.1f}, {interval['high'] * scale:.1f}]"
 
 
 def _settings(decode: dict[str, Any]) -> str:
@@ -266,11 +345,17 @@ def _num(value: Any, decimals: int) -> str:
 
 def run_mini(settings: MiniSettings, overrides: list[str], out_dir: Path, started: float | None = None,
              methods: tuple[str, ...] = METHODS) -> list[dict]:
-    """All four stages; returns the results.json of the base and of every method in `methods`."""
+    """All four stages; returns the results.json of the base and of every run of every method."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise NolaError(f"unknown mini method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    if settings.seeds < 1:
+        raise NolaError(f"--seeds={settings.seeds} must be at least 1")
     report = MiniReport(started=started or time.time(), load_before=os.getloadavg())
+    precision = training_precision(overrides)
+    report.precision_reason = ("bf16 autocast: this device computes bfloat16 natively" if precision == "bf16" else
+                               "float32: this device has no native bfloat16")
+    overrides = [f"train.precision={precision}", *overrides]  # the user's own train.precision wins
     probe = stage_config("pretrain", overrides)
     clock = time.perf_counter()
     data_key = write_subsets(Path(probe.paths.data_dir), Path(probe.task.data_dir),
@@ -279,7 +364,7 @@ def run_mini(settings: MiniSettings, overrides: list[str], out_dir: Path, starte
     clock = time.perf_counter()
     base_dir, report.pretraining = pretrain_base(overrides, data_key)
     report.stage_done("pretrain", time.perf_counter() - clock)
-    results = adapt_and_score(overrides, base_dir, data_key, tuple(methods), report)
+    results = adapt_and_score(overrides, base_dir, data_key, tuple(methods), report, settings.seeds)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "mini.md", render_report(results, report, settings))
     plot_params_vs_bleu(results, None, out_dir / "mini_params_vs_bleu.png")
@@ -291,7 +376,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m nola.mini", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="eval/results", help="where mini.md and the figure go")
     parser.add_argument("--started-at", type=float, default=None, help="epoch seconds the whole job started")
-    for name in ("pretrain_examples", "pretrain_max_chars", "adapt_examples", "valid_examples", "test_contexts", "seed"):
+    for name in ("pretrain_examples", "pretrain_max_chars", "adapt_examples", "valid_examples", "test_contexts", "seeds",
+                 "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated adapted models to run besides the un-adapted base (default: all of {','.join(METHODS)})")
@@ -306,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()
     settings = MiniSettings(**{name: getattr(args, name) for name in MiniSettings.__dataclass_fields__})
     results = run_mini(settings, overrides, Path(args.out), args.started_at, tuple(args.methods.split(",")))
-    summary = {result["tag"]: result["metrics"] for result in results}
+    summary = {result["tag"]: result["metrics"] for result in results}  # one entry per run (and seed)
     json.dump(summary, sys.stdout, indent=2)
     sys.stdout.write("\n")
 

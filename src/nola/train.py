@@ -51,7 +51,7 @@ RESUME_FREE_KEYS = {
     "task": {"data_dir"},
     "train": {
         "max_steps", "max_time_s", "log_every", "save_every", "keep_last", "resume", "device", "eval_every_epoch",
-        "dist_timeout_s",
+        "dist_timeout_s", "save_epoch_adapters", "select_epoch",
     },
 }
 
@@ -101,6 +101,10 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext) -> dict:
         scaler=grad_scaler(amp_dtype), amp_dtype=amp_dtype, checkpoint_dir=layout.checkpoints,
         config_record=resume_record(cfg, built.base_fingerprint),
     )
+    if cfg.train.save_epoch_adapters:
+        job.save_epoch_adapter = lambda epoch, state: write_adapter(
+            job, layout.epoch_adapter(epoch), {"epoch": epoch, "steps": state.step,
+                                               "valid": state.valid[-1] if state.valid else None})
     state = TrainState()
     latest = ckpt.load_latest(job.checkpoint_dir)
     if latest is not None:
@@ -113,7 +117,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext) -> dict:
         job.monitor.close()
     metrics = _metrics(job, state, reason, run_dir)
     if ctx.is_main:
-        _write_final_adapter(job, layout.adapter, metrics)
+        write_adapter(job, layout.adapter, {k: metrics[k] for k in ("steps", "completed", "valid_loss", "train_loss")})
         write_json_atomic(layout.train_metrics, metrics)
     barrier(ctx)
     return metrics
@@ -181,16 +185,18 @@ def _metrics(job: TrainingJob, state: TrainState, reason: str, run_dir: Path) ->
     }
 
 
-def _write_final_adapter(job: TrainingJob, target: Path, metrics: dict) -> None:
-    """save_adapter into a temporary directory, then swap it in for the previous one."""
-    temp = target.parent / f".adapter-tmp-{os.getpid()}"
-    old = target.parent / f".adapter-old-{os.getpid()}"
+def write_adapter(job: TrainingJob, target: Path, train_record: dict) -> None:
+    """save_adapter into a temporary directory, then swap it in for the previous one (a reader never
+    sees half an adapter); `train_record` goes into adapter_config.json's extra.train."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.parent / f".{target.name}-tmp-{os.getpid()}"
+    old = target.parent / f".{target.name}-old-{os.getpid()}"
     for leftover in (temp, old):
         shutil.rmtree(leftover, ignore_errors=True)
     temp.mkdir()
     try:
         save_adapter(job.built.model, temp, base_fingerprint=job.built.base_fingerprint, model_name=job.cfg.model.name,
-                     extra={"train": {k: metrics[k] for k in ("steps", "completed", "valid_loss", "train_loss")}})
+                     extra={"train": train_record})
         if target.exists():
             os.replace(target, old)
         os.replace(temp, target)

@@ -29,6 +29,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX-512 BF16 / AMX; Arm's BF16 extension
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of the first processor in /proc/cpuinfo (x86 `flags`, Arm
+    `Features`); empty where there is no such file."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return set()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return set(value.split())
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively (a CUDA device that supports it; a CPU with
+    AVX-512 BF16, AMX or Arm BF16), so bf16 autocast is faster there rather than emulated."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & NATIVE_BF16_FLAGS)
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):

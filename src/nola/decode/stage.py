@@ -4,7 +4,7 @@ Every reference group's context of `decode.split` is decoded with the adapter me
 base (`nola.build.build_model(for_training=False)`) by microsoft/LoRA's beam search
 (`nola.decode.hypotheses.decode_split`), and `<split>_hypotheses.txt` / `.jsonl` plus `decode.json`
 are written (`nola.layout.RunLayout`). `decode.json` records what the hypotheses were made from
-(base fingerprint, adapter sha256, the contexts, the search settings): when it matches, the files
+(base fingerprint and dtype, adapter sha256, the contexts, the search settings): when it matches, the files
 are reused instead of decoded again. Under torchrun every process decodes its share of the
 contexts and the main process writes the files (the others get None).
 """
@@ -52,6 +52,7 @@ def decode_stage(cfg, out: RunLayout, adapter_dir: Path | None,
         contexts = [group.context for group in groups]
         key = {
             "base_fingerprint": built.base_fingerprint,
+            "dtype": str(cfg.model.dtype),
             "adapter_sha256": sha256_file(adapter_dir / WEIGHTS_FILE) if adapter_dir is not None else None,
             "contexts_sha256": json_sha256(contexts),
             "settings": decode_settings(cfg.decode),

@@ -55,23 +55,89 @@ def closest_reference_length(references: Sequence[Tokens], hypothesis_length: in
     return min((abs(len(ref) - hypothesis_length), len(ref)) for ref in references)[1]
 
 
-def e2e_bleu(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens]) -> float:
-    """pymteval `BLEUScore` (max n 4, no smoothing) over lowercased mteval-v13a tokens."""
-    hits = [0] * BLEU_ORDER
-    candidate_lengths = [0] * BLEU_ORDER
-    reference_length = 0
-    for refs, hyp in zip(references, hypotheses, strict=True):
-        for n in range(1, BLEU_ORDER + 1):
-            hits[n - 1] += sum(clipped_hits(ngram_counts(hyp, n), max_reference_counts(refs, n)).values())
-            candidate_lengths[n - 1] += len(hyp) - n + 1  # pymteval: may go negative for short outputs
-        reference_length += closest_reference_length(refs, len(hyp))
+SEGMENT_FIELDS = ("hits_1", "hits_2", "hits_3", "hits_4", "hypothesis_length", "reference_length")
+BLEU_VARIANTS = ("pymteval", "multi-bleu-detok")
+
+
+def bleu_segment_stats(references: Sequence[Tokens], hypothesis: Tokens) -> tuple[int, ...]:
+    """One segment's BLEU sufficient statistics (`SEGMENT_FIELDS`): clipped n-gram hits for n = 1..4,
+    the hypothesis length and the closest reference length.
+
+    Corpus BLEU is a function of their sums (`corpus_bleu`), which is what makes a bootstrap over
+    segments cheap (`nola.stats`): the n-gram totals follow from the hypothesis lengths.
+    """
+    hits = [sum(clipped_hits(ngram_counts(hypothesis, n), max_reference_counts(references, n)).values())
+            for n in range(1, BLEU_ORDER + 1)]
+    return (*hits, len(hypothesis), closest_reference_length(references, len(hypothesis)))
+
+
+def ngram_totals(variant: str, hypothesis_length: int) -> list[int]:
+    """A segment's n-gram totals for n = 1..4: pymteval counts len - n + 1, which goes negative for
+    outputs shorter than n (a quirk kept); multi-bleu-detok counts the n-grams there are."""
+    if variant == "pymteval":
+        return [hypothesis_length - n + 1 for n in range(1, BLEU_ORDER + 1)]
+    return [max(hypothesis_length - n + 1, 0) for n in range(1, BLEU_ORDER + 1)]
+
+
+def segment_sums_row(variant: str, segment: Sequence[int]) -> list[int]:
+    """The ten numbers one segment adds to corpus BLEU's sums: hits 1..4, n-gram totals 1..4
+    (`ngram_totals`), hypothesis length, reference length."""
+    if variant not in BLEU_VARIANTS:
+        raise ValueError(f"unknown BLEU variant {variant!r}; one of {BLEU_VARIANTS}")
+    hits, lengths = segment[:BLEU_ORDER], segment[BLEU_ORDER:BLEU_ORDER + 2]
+    return [*hits, *ngram_totals(variant, segment[BLEU_ORDER]), *lengths]
+
+
+def bleu_from_sums(variant: str, sums: Sequence[float]) -> float:
+    """Corpus BLEU-4 (a fraction) from the corpus sums of `segment_sums_row`."""
+    hits, totals = [int(x) for x in sums[:BLEU_ORDER]], [int(x) for x in sums[BLEU_ORDER:2 * BLEU_ORDER]]
+    hypothesis_length, reference_length = int(sums[2 * BLEU_ORDER]), int(sums[2 * BLEU_ORDER + 1])
+    if variant == "pymteval":
+        return _pymteval_bleu(hits, totals, reference_length)
+    return _multi_bleu_detok(hits, totals, hypothesis_length, reference_length)
+
+
+def corpus_bleu(variant: str, segments: Sequence[Sequence[int]]) -> float:
+    """Corpus BLEU-4 (a fraction) from per-segment `bleu_segment_stats`, as `variant` computes it:
+    pymteval (`e2e_bleu`) or multi-bleu-detok (`multi_bleu_detok`)."""
+    sums = [0] * (2 * BLEU_ORDER + 2)
+    for segment in segments:
+        for index, value in enumerate(segment_sums_row(variant, segment)):
+            sums[index] += value
+    return bleu_from_sums(variant, sums)
+
+
+def _pymteval_bleu(hits: list[int], totals: list[int], reference_length: int) -> float:
+    """pymteval `BLEUScore.score`: no smoothing, zero counts floored, brevity penalty on
+    candidate length (its 1-gram total) <= reference length."""
     brevity_penalty = 1.0
-    if candidate_lengths[0] <= reference_length:
-        brevity_penalty = math.exp(1.0 - reference_length / (float(candidate_lengths[0]) or PYMTEVAL_EMPTY_LENGTH))
+    if totals[0] <= reference_length:
+        brevity_penalty = math.exp(1.0 - reference_length / (float(totals[0]) or PYMTEVAL_EMPTY_LENGTH))
     log_precision_sum = 0.0
-    for n_hits, n_total in zip(hits, candidate_lengths):
+    for n_hits, n_total in zip(hits, totals):
         log_precision_sum += math.log(max(float(n_hits), PYMTEVAL_TINY) / max(float(n_total), PYMTEVAL_SMALL))
     return brevity_penalty * math.exp((1.0 / BLEU_ORDER) * log_precision_sum)
+
+
+def _multi_bleu_detok(hits: list[int], totals: list[int], hypothesis_length: int, reference_length: int) -> float:
+    """multi-bleu-detok.perl: exact totals, `my_log(0)` for a zero precision, the brevity penalty
+    only when the output is strictly shorter; 0 where the script dies or prints BLEU = 0."""
+    if reference_length == 0 or hypothesis_length == 0:
+        return 0.0
+    brevity_penalty = 1.0
+    if hypothesis_length < reference_length:
+        brevity_penalty = math.exp(1 - reference_length / hypothesis_length)
+    log_sum = 0.0
+    for correct, total in zip(hits, totals):
+        precision = correct / total if total else 0
+        log_sum += math.log(precision) if precision else PERL_LOG_ZERO
+    return brevity_penalty * math.exp(log_sum / BLEU_ORDER)
+
+
+def e2e_bleu(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens]) -> float:
+    """pymteval `BLEUScore` (max n 4, no smoothing) over lowercased mteval-v13a tokens: the closest
+    reference length (ties: the shorter one), n-gram totals len - n + 1, a tiny floor on zero counts."""
+    return corpus_bleu("pymteval", [bleu_segment_stats(refs, hyp) for refs, hyp in zip(references, hypotheses, strict=True)])
 
 
 def nist_length_penalty(system_length: int, average_reference_length: float) -> float:
@@ -124,23 +190,5 @@ def multi_bleu_detok(references: Sequence[Sequence[Tokens]], hypotheses: Sequenc
     the brevity penalty only when the output is strictly shorter. Where the script dies or prints
     `BLEU = 0` (empty output or references) this returns 0.0.
     """
-    correct = [0] * BLEU_ORDER
-    total = [0] * BLEU_ORDER
-    hypothesis_length = reference_length = 0
-    for refs, hyp in zip(references, hypotheses, strict=True):
-        hypothesis_length += len(hyp)
-        reference_length += closest_reference_length(refs, len(hyp))
-        for n in range(1, BLEU_ORDER + 1):
-            counts = ngram_counts(hyp, n)
-            total[n - 1] += sum(counts.values())
-            correct[n - 1] += sum(clipped_hits(counts, max_reference_counts(refs, n)).values())
-    if reference_length == 0 or hypothesis_length == 0:
-        return 0.0
-    brevity_penalty = 1.0
-    if hypothesis_length < reference_length:
-        brevity_penalty = math.exp(1 - reference_length / hypothesis_length)
-    precisions = [c / t if t else 0 for c, t in zip(correct, total)]
-    log_sum = 0.0
-    for precision in precisions:
-        log_sum += math.log(precision) if precision else PERL_LOG_ZERO
-    return brevity_penalty * math.exp(log_sum / BLEU_ORDER)
+    segments = [bleu_segment_stats(refs, hyp) for refs, hyp in zip(references, hypotheses, strict=True)]
+    return corpus_bleu("multi-bleu-detok", segments)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from nola.errors import NolaError
-from nola.metrics.bleu_nist import e2e_bleu, e2e_nist
+from nola.metrics.bleu_nist import bleu_segment_stats, e2e_bleu, e2e_nist
 from nola.metrics.meteor import MeteorProcess
 from nola.metrics.rouge_cider import cider_d, rouge_l
 from nola.metrics.tokenize import mteval_13a, ptb_tokenize
@@ -39,6 +39,13 @@ def check_groups(references: Sequence[Sequence[str]], hypotheses: Sequence[str])
 def _lowercase_mteval(text: str) -> list[str]:
     """pymteval is case-insensitive: it lowercases each token when it forms n-grams."""
     return [token.lower() for token in mteval_13a(text)]
+
+
+def e2e_bleu_segments(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> list[tuple[int, ...]]:
+    """Per-context BLEU statistics (`bleu_segment_stats`) on the tokens `score_e2e`'s BLEU uses."""
+    check_groups(references, hypotheses)
+    return [bleu_segment_stats([_lowercase_mteval(ref) for ref in refs], _lowercase_mteval(hyp))
+            for refs, hyp in zip(references, hypotheses)]
 
 
 def score_e2e(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from nola.data.references import GEM_NUM_REFS, gem_tokenize
-from nola.metrics.bleu_nist import multi_bleu_detok
+from nola.metrics.bleu_nist import bleu_segment_stats, multi_bleu_detok
 from nola.metrics.e2e import check_groups
 from nola.metrics.meteor import MeteorProcess
 from nola.metrics.ter import min_ter
@@ -67,6 +67,15 @@ def score_gem_subsets(references: Sequence[Sequence[str]], hypotheses: Sequence[
             "TER": sum(ters[i] for i in indices) / len(indices),
         }
     return scores
+
+
+def gem_bleu_segments(references: Sequence[Sequence[str]], hypotheses: Sequence[str], *,
+                      num_refs: int = GEM_NUM_REFS) -> list[tuple[int, ...]]:
+    """Per-instance BLEU statistics (`bleu_segment_stats`) on the tokens `score_gem_subsets`' BLEU uses."""
+    check_groups(references, hypotheses)
+    refs = lora_references(references, num_refs)
+    return [bleu_segment_stats([mteval_13a_perl(ref) for ref in group], mteval_13a_perl(gem_tokenize(hyp)))
+            for group, hyp in zip(refs, hypotheses)]
 
 
 def score_gem(references: Sequence[Sequence[str]], hypotheses: Sequence[str], *,

@@ -1,13 +1,17 @@
 """Trainable parameters (log scale) against BLEU, one panel per task, ours beside the papers'.
 
-Published points are hollow circles, ours filled stars, our un-adapted bases (0 trainable
-parameters, off a log axis) dashed horizontal lines; colours tell the base models apart. BLEU
-is on the papers' scale (E2E x100, WebNLG "all" categories). Drawn with matplotlib's Agg canvas
-directly (no pyplot, no global backend switch) and written atomically.
+Published points are hollow circles, ours filled stars (one per table row: the mean over its
+seeds), our un-adapted bases (0 trainable parameters, off a log axis) dashed horizontal lines;
+colours tell the base models apart. Error bars: for our rows the 95% bootstrap interval of BLEU over
+test contexts (the table's "BLEU 95% CI"), for published rows the paper's ± where it prints one.
+Every point is labelled with its method and size. BLEU is on the papers' scale (E2E x100, WebNLG
+"all" categories). Drawn with matplotlib's Agg canvas directly (no pyplot, no global backend
+switch) and written atomically.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +21,27 @@ from matplotlib.lines import Line2D
 
 from nola.fileio import atomic_path
 from nola.tables.published import Published
-from nola.tables.render import our_row
+from nola.tables.groups import group_runs
+from nola.tables.render import BLEU_KEY, INCOMPLETE_MARK, our_row
 from nola.tables.results import validate_results
-from nola.tables.schema import TASKS, model_label
+from nola.tables.schema import PAPER_SCALE, TASKS, model_label
 
-BLEU_KEY = {"e2e": "BLEU", "dart": "BLEU", "webnlg": "all.BLEU"}
 TASK_TITLES = {"e2e": "E2E", "dart": "DART", "webnlg": "WebNLG (all categories)"}
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray")
 
 
-Point = tuple[str, bool, int, float]  # model, ours, trainable parameters, BLEU
+@dataclass(frozen=True)
+class Point:
+    model: str
+    ours: bool
+    params: int
+    bleu: float
+    error: tuple[float, float] | None  # distances below and above `bleu`
+    label: str
+
+
+def _label(method: str, params: str) -> str:
+    return f"{method.replace(' (ours)', '').replace(INCOMPLETE_MARK, '†')}, {params}"
 
 
 def _points(results: list[dict[str, Any]], published: Published | None) -> dict[str, list[Point]]:
@@ -35,21 +50,27 @@ def _points(results: list[dict[str, Any]], published: Published | None) -> dict[
     for row in published.rows if published else ():
         bleu = row.metrics.get(BLEU_KEY[row.task])
         if bleu is not None:
-            points[row.task].append((row.model, False, row.trainable_params, bleu))
-    for result in results:
-        score = our_row(result).metrics.get(BLEU_KEY[result["task"]])
-        if result["trainable_params"] > 0 and score is not None:
-            points[result["task"]].append((result["model"], True, result["trainable_params"], score))
+            spread = row.plus_minus.get(BLEU_KEY[row.task])
+            points[row.task].append(Point(row.model, False, row.trainable_params, bleu,
+                                          (spread, spread) if spread is not None else None,
+                                          _label(row.method, row.params_text)))
+    for group in group_runs(results):
+        row = our_row(group)
+        bleu = row.metrics.get(BLEU_KEY[group.task])
+        if group.first["trainable_params"] > 0 and bleu is not None:
+            error = (bleu - row.interval[0], row.interval[1] - bleu) if row.interval else None
+            points[group.task].append(Point(group.first["model"], True, group.first["trainable_params"], bleu, error,
+                                            _label(row.method, row.params)))
     return {task: found for task, found in points.items() if found}
 
 
 def _frozen_bases(results: list[dict[str, Any]]) -> dict[str, list[tuple[str, float]]]:
-    """task -> (model, BLEU) of our runs with nothing trained (the un-adapted base)."""
+    """task -> (model, BLEU) of our rows with nothing trained (the un-adapted base)."""
     floors: dict[str, list[tuple[str, float]]] = {}
-    for result in results:
-        score = our_row(result).metrics.get(BLEU_KEY[result["task"]])
-        if result["trainable_params"] == 0 and score is not None:
-            floors.setdefault(result["task"], []).append((result["model"], score))
+    for group in group_runs(results):
+        if group.first["trainable_params"] == 0:
+            score = group.spreads()[BLEU_KEY[group.task]].mean * PAPER_SCALE[group.task]["BLEU"]
+            floors.setdefault(group.task, []).append((group.first["model"], score))
     return floors
 
 
@@ -57,9 +78,9 @@ def plot_params_vs_bleu(results: list[dict[str, Any]], published: Published | No
     """Write the PNG scatter of trainable parameters against BLEU to `path` (atomically)."""
     results = validate_results(results)
     points, floors = _points(results, published), _frozen_bases(results)
-    models = list(dict.fromkeys(model for found in points.values() for model, *_ in found))
+    models = list(dict.fromkeys(point.model for found in points.values() for point in found))
     colour = {model: COLOURS[i % len(COLOURS)] for i, model in enumerate(models)}
-    figure = Figure(figsize=(4.2 * max(len(points), 1) + 2.0, 3.8), layout="constrained")  # + the legend
+    figure = Figure(figsize=(5.5 * max(len(points), 1) + 2.0, 4.6), layout="constrained")  # + the legend
     FigureCanvasAgg(figure)
     if not points:
         axes = figure.subplots()
@@ -68,10 +89,15 @@ def plot_params_vs_bleu(results: list[dict[str, Any]], published: Published | No
     else:
         panels = figure.subplots(1, len(points), squeeze=False)[0]
         for axes, (task, found) in zip(panels, points.items()):
-            for model, ours, params, bleu in found:
-                style = {"marker": "*", "s": 140, "color": colour[model]} if ours else \
-                    {"marker": "o", "s": 40, "facecolors": "none", "edgecolors": colour[model]}
-                axes.scatter([params], [bleu], zorder=3 if ours else 2, **style)
+            for point in found:
+                style = {"marker": "*", "s": 140, "color": colour[point.model]} if point.ours else \
+                    {"marker": "o", "s": 40, "facecolors": "none", "edgecolors": colour[point.model]}
+                axes.scatter([point.params], [point.bleu], zorder=3 if point.ours else 2, **style)
+                if point.error is not None:
+                    axes.errorbar([point.params], [point.bleu], yerr=[[point.error[0]], [point.error[1]]], fmt="none",
+                                  ecolor=colour[point.model], elinewidth=1, capsize=3, zorder=2)
+                axes.annotate(point.label, (point.params, point.bleu), xytext=(5, 3), textcoords="offset points",
+                              fontsize=6, color=colour[point.model])
             for model, bleu in floors.get(task, []):
                 axes.axhline(bleu, linestyle="--", linewidth=1, color=colour.get(model, "black"), zorder=1)
             axes.set_xscale("log")

@@ -3,20 +3,31 @@
 Layouts: E2E follows NOLA Table 1 (method, # trainable parameters, BLEU, NIST, MET, ROUGE-L,
 CIDEr); DART follows LoRA Table 13 (BLEU, MET, TER); WebNLG follows LoRA Table 14 (BLEU, MET,
 TER for unseen U, seen S and all A categories). Within a model, published rows keep the sources'
-order and each of our runs follows the published row it reproduces (`PublishedRow.matches`); runs
+order and each of our rows follows the published row it reproduces (`PublishedRow.matches`); rows
 without a counterpart (other configurations, the mini model) close the model's block.
+
+Our runs that differ only in their seed are one row (`nola.tables.groups`): every metric is the mean
+± sample sd over the seeds, with n in its own column. Every row of ours also gets BLEU's 95%
+bootstrap interval over test contexts and, against our LoRA row of the same block (the highest
+rank, as the papers' LoRA row is r=4), the paired bootstrap p-value of its BLEU difference
+(`nola.stats`). A row whose training a wall-time safety limit stopped is marked † (incomplete).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from nola.stats import bleu_interval, paired_bootstrap_p
+from nola.tables.groups import RunGroup, group_runs
 from nola.tables.published import Published, PublishedRow
 from nola.tables.results import validate_results
-from nola.tables.schema import PAPER_SCALE, TASKS, flatten_metrics, metric_name, model_label
+from nola.tables.schema import PAPER_SCALE, TASKS, metric_name, model_label
 
 MISSING = "–"
+INCOMPLETE_MARK = " †"
+BLEU_KEY = {"e2e": "BLEU", "dart": "BLEU", "webnlg": "all.BLEU"}  # the BLEU that is bootstrapped
+P_FLOOR = "<0.001"
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,11 @@ LAYOUTS: dict[str, tuple[str, tuple[Column, ...]]] = {
 
 @dataclass(frozen=True)
 class Row:
-    """One printed row; metrics already on the papers' scale."""
+    """One printed row; metrics already on the papers' scale.
+
+    n: runs averaged (ours); interval: BLEU's bootstrap interval; p_value: paired bootstrap p of the
+    BLEU difference to our LoRA row ("ref" on that row); group: our runs behind the row.
+    """
 
     method: str
     params: str
@@ -57,6 +72,10 @@ class Row:
     plus_minus: dict[str, float]
     source: str
     ours: bool
+    n: int | None = None
+    interval: tuple[float, float] | None = None
+    p_value: float | str | None = None
+    group: RunGroup | None = None
 
 
 def method_label(adapter: dict[str, Any]) -> str:
@@ -80,36 +99,81 @@ def published_row(row: PublishedRow) -> Row:
     return Row(row.method, row.params_text, row.metrics, row.plus_minus, f"{row.paper.short}, {row.table}", False)
 
 
-def our_row(result: dict[str, Any]) -> Row:
-    """A results.json on the papers' scale (E2E BLEU/MET/ROUGE-L x100), labelled "(ours)"."""
-    task = result["task"]
-    flat = flatten_metrics(task, result["metrics"], str(result.get("run_dir")), "metrics", allow_null=False)
-    scaled = {key: value * PAPER_SCALE[task][metric_name(key)] for key, value in flat.items() if value is not None}
+def our_row(group: RunGroup) -> Row:
+    """A row of our runs on the papers' scale (E2E BLEU/MET/ROUGE-L x100), labelled "(ours)": the mean
+    over its seeds, ± their sample sd when there are several, and BLEU's bootstrap interval."""
+    task, result = group.task, group.first
+    spreads = group.spreads()
+    factor = {key: PAPER_SCALE[task][metric_name(key)] for key in spreads}
+    scaled = {key: spread.mean * factor[key] for key, spread in spreads.items()}
+    sd = {key: spread.sd * factor[key] for key, spread in spreads.items() if spread.sd is not None}
     suffix = "ours" if result["split"] == "test" else f"ours, {result['split']}"
+    method = f"{method_label(result['adapter'])} ({suffix})" + (INCOMPLETE_MARK if group.incomplete else "")
+    segments = group.bleu_segments()
+    interval = None
+    if segments is not None:
+        low, high = bleu_interval(segments)
+        interval = (low * factor[BLEU_KEY[task]], high * factor[BLEU_KEY[task]])
+    return Row(method, format_params(result["trainable_params"]), scaled, sd, _source(group), True,
+               n=group.n, interval=interval, group=group)
+
+
+def _source(group: RunGroup) -> str:
+    result = group.first
     source = result.get("tag") or result.get("run_dir") or result.get("experiment") or ""
-    return Row(f"{method_label(result['adapter'])} ({suffix})", format_params(result["trainable_params"]),
-               scaled, {}, source, True)
+    if group.n > 1:
+        source = result.get("experiment") or source
+        seeds = [seed for seed in group.seeds if seed is not None]
+        if seeds:
+            source += f", seeds {', '.join(map(str, seeds))}"
+    epochs = [epoch for epoch in group.epochs if epoch is not None]
+    if epochs:
+        source += f", epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}"
+    return source
+
+
+def lora_reference(rows: list[Row]) -> Row | None:
+    """Our LoRA row of a block that the others are tested against: the highest rank, the first on ties."""
+    lora = [row for row in rows if row.group is not None and row.group.first["adapter"]["kind"] == "lora"]
+    return max(lora, key=lambda row: row.group.first["adapter"].get("rank") or 0, default=None)
+
+
+def with_p_values(rows: list[Row]) -> list[Row]:
+    """Each of our rows with its paired bootstrap p-value against the block's LoRA row (same contexts)."""
+    reference = lora_reference(rows)
+    if reference is None or reference.group.bleu_segments() is None:
+        return rows
+    baseline = reference.group.bleu_segments()
+    out = []
+    for row in rows:
+        if row is reference:
+            row = replace(row, p_value="ref")
+        elif row.group is not None and row.group.bleu_segments() is not None \
+                and row.group.references_sha256 == reference.group.references_sha256:
+            row = replace(row, p_value=paired_bootstrap_p(row.group.bleu_segments(), baseline))
+        out.append(row)
+    return out
 
 
 def arrange(task: str, published: Published | None, results: list[dict[str, Any]]) -> list[tuple[str, list[Row]]]:
     """(model, rows) blocks of one task: published models first, then models only we ran."""
     pub_rows = [row for row in published.rows if row.task == task] if published else []
-    ours = [result for result in results if result["task"] == task]
+    ours = group_runs([result for result in results if result["task"] == task])
     models = list(dict.fromkeys([row.model for row in pub_rows]))
-    models += sorted({result["model"] for result in ours} - set(models))
+    models += sorted({group.first["model"] for group in ours} - set(models))
     placed: set[int] = set()
     blocks = []
     for model in models:
         rows: list[Row] = []
         for pub in (row for row in pub_rows if row.model == model):
             rows.append(published_row(pub))
-            for index, result in enumerate(ours):
-                if index not in placed and pub.matches(result):
-                    rows.append(our_row(result))
+            for index, group in enumerate(ours):
+                if index not in placed and pub.matches(group.first):
+                    rows.append(our_row(group))
                     placed.add(index)
-        rows += [our_row(result) for index, result in enumerate(ours)
-                 if index not in placed and result["model"] == model]
-        blocks.append((model, rows))
+        rows += [our_row(group) for index, group in enumerate(ours)
+                 if index not in placed and group.first["model"] == model]
+        blocks.append((model, with_p_values(rows)))
     return blocks
 
 
@@ -122,6 +186,24 @@ def _cell(row: Row, column: Column) -> str:
     return f"{text}±{spread:.{column.decimals}f}" if spread is not None else text
 
 
+EXTRA_HEADERS = ("n", "BLEU 95% CI", "p vs LoRA")
+
+
+def _extra_cells(row: Row, column: Column) -> list[str]:
+    """n, BLEU's bootstrap interval (BLEU's decimals) and the p-value; – where they do not apply."""
+    n = str(row.n) if row.n is not None else MISSING
+    interval = f"[{row.interval[0]:.{column.decimals}f}, {row.interval[1]:.{column.decimals}f}]" if row.interval else MISSING
+    if isinstance(row.p_value, float):
+        p = P_FLOOR if row.p_value < 0.001 else f"{row.p_value:.3f}"
+    else:
+        p = row.p_value or MISSING
+    return [n, interval, p]
+
+
+def _bleu_column(task: str) -> Column:
+    return next(column for column in LAYOUTS[task][1] if column.key == BLEU_KEY[task])
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -129,22 +211,25 @@ def _md_escape(text: str) -> str:
 def markdown_table(task: str, blocks: list[tuple[str, list[Row]]]) -> str:
     title, columns = LAYOUTS[task]
     header = ["Method", "# Trainable Parameters"]
-    header += [f"{c.group} {c.header}" if c.group else c.header for c in columns] + ["Source"]
+    header += [f"{c.group} {c.header}" if c.group else c.header for c in columns] + list(EXTRA_HEADERS) + ["Source"]
     lines = [f"## {title}", ""]
     for model, rows in blocks:
         lines += [f"### {model_label(model)}", "", "| " + " | ".join(header) + " |",
-                  "|" + "|".join(["---", "---:"] + ["---:"] * len(columns) + ["---"]) + "|"]
+                  "|" + "|".join(["---", "---:"] + ["---:"] * (len(columns) + len(EXTRA_HEADERS)) + ["---"]) + "|"]
         for row in rows:
             method = f"**{_md_escape(row.method)}**" if row.ours else _md_escape(row.method)
-            cells = [method, row.params] + [_cell(row, column) for column in columns] + [_md_escape(row.source)]
+            cells = [method, row.params] + [_cell(row, column) for column in columns]
+            cells += _extra_cells(row, _bleu_column(task)) + [_md_escape(row.source)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if any(row.method.endswith(INCOMPLETE_MARK) for row in rows):
+            lines += [INCOMPLETE_NOTE, ""]
     return "\n".join(lines)
 
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "↑": r"$\uparrow$", "↓": r"$\downarrow$", "±": r"$\pm$", "–": "--"}
+                  "↑": r"$\uparrow$", "↓": r"$\downarrow$", "±": r"$\pm$", "–": "--", "†": r"$\dagger$"}
 
 
 def latex_escape(text: str) -> str:
@@ -153,21 +238,24 @@ def latex_escape(text: str) -> str:
 
 def latex_table(task: str, blocks: list[tuple[str, list[Row]]]) -> str:
     title, columns = LAYOUTS[task]
-    width = len(columns) + 3
+    extra = len(EXTRA_HEADERS)
+    width = len(columns) + extra + 3
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(title)}}}", rf"\label{{tab:{task}}}",
-             r"\begin{tabular}{lr" + "r" * len(columns) + "l}", r"\hline"]
+             r"\begin{tabular}{lr" + "r" * (len(columns) + extra) + "l}", r"\hline"]
     groups = list(dict.fromkeys(column.group for column in columns))
     if any(groups):
         spans = [rf"\multicolumn{{{sum(c.group == g for c in columns)}}}{{c}}{{{latex_escape(g)}}}" for g in groups]
-        lines.append(" & ".join(["", ""] + spans + [""]) + r" \\")
-    header = ["Method", r"\# Trainable Parameters"] + [latex_escape(c.header) for c in columns] + ["Source"]
+        lines.append(" & ".join(["", ""] + spans + [""] * extra + [""]) + r" \\")
+    header = ["Method", r"\# Trainable Parameters"] + [latex_escape(c.header) for c in columns]
+    header += [latex_escape(h) for h in EXTRA_HEADERS] + ["Source"]
     lines += [" & ".join(header) + r" \\", r"\hline"]
     for model, rows in blocks:
         lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(model_label(model))}}}}} \\")
         for row in rows:
             method = latex_escape(row.method)
             cells = [rf"\textit{{{method}}}" if row.ours else method, latex_escape(row.params)]
-            cells += [latex_escape(_cell(row, column)) for column in columns] + [latex_escape(row.source)]
+            cells += [latex_escape(_cell(row, column)) for column in columns]
+            cells += [latex_escape(cell) for cell in _extra_cells(row, _bleu_column(task))] + [latex_escape(row.source)]
             lines.append(" & ".join(cells) + r" \\")
         lines.append(r"\hline")
     lines += [r"\end{tabular}", r"\end{table}", ""]
@@ -177,9 +265,14 @@ def latex_table(task: str, blocks: list[tuple[str, list[Row]]]) -> str:
 SCALE_NOTE = (
     "Published rows: numbers as printed in the source (± is the paper's confidence interval). "
     "Rows in bold / marked (ours): this repository's results.json, on the papers' scale "
-    "(E2E BLEU, MET and ROUGE-L ×100; NIST, CIDEr and all WebNLG/DART numbers as stored). "
+    "(E2E BLEU, MET and ROUGE-L ×100; NIST, CIDEr and all WebNLG/DART numbers as stored); runs that "
+    "differ only in their seed are one row, mean ± sample sd over the n seeds. BLEU 95% CI: percentile "
+    "bootstrap over test contexts (1,000 resamples, seeded) of the row's (seed-mean) BLEU. p vs LoRA: "
+    "two-sided paired bootstrap p-value of the BLEU difference to our LoRA row (ref) of the same block; "
+    "it measures test-set uncertainty only, the sd measures seed spread. "
     "– means the source does not print that number."
 )
+INCOMPLETE_NOTE = "† stopped by its wall-time safety limit (train.max_time_s) before its step budget: incomplete."
 
 
 def build_tables(results: list[dict[str, Any]], published: Published | None) -> dict[str, str]:

@@ -18,6 +18,7 @@ from nola.training.optim import OPTIMIZERS
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 LOSS_NORMALIZATIONS = ("batch_mean", "step_token_mean")
+EPOCH_SELECTIONS = ("valid_loss", "valid_bleu", "last")
 
 
 @dataclass
@@ -47,6 +48,12 @@ class TrainConfig:
     save_every: optimizer steps between checkpoints; one is also written at each epoch end and
         when the run stops early.
     keep_last: checkpoints kept (older ones are deleted once a newer one is complete).
+    save_epoch_adapters: write the adapter at the end of every epoch to epochs/epoch-<n>/ (a few KB
+        for LoRA and NOLA), the candidates of `select_epoch`.
+    select_epoch: which epoch's adapter `nola.run` decodes and scores on the test split, as the
+        papers report each run at its best epoch (Hu et al., 2022, Appendix D.3): valid_loss = the
+        lowest validation loss (token mean), valid_bleu = the highest BLEU of the validation split
+        decoded with the paper's search, last = the final adapter.
     valid_batch_size: sequences per validation batch per process (LoRA `--valid_batch_size 4`).
     device: auto = this process's CUDA device when there is one, else cpu.
     dist_timeout_s: how long data-parallel processes wait for each other (forming the group, every
@@ -75,6 +82,8 @@ class TrainConfig:
     log_every: int = 20
     save_every: int = 1000
     keep_last: int = 2
+    save_epoch_adapters: bool = True
+    select_epoch: str = "valid_loss"
     eval_every_epoch: bool = True
     valid_batch_size: int = 4
     device: str = "auto"
@@ -107,6 +116,14 @@ def check_train_config(train, world_size: int = 1) -> int:
         raise NolaError(
             f"train.loss_normalization={train.loss_normalization!r}; choose one of {', '.join(LOSS_NORMALIZATIONS)}"
         )
+    if train.select_epoch not in EPOCH_SELECTIONS:
+        raise NolaError(f"train.select_epoch={train.select_epoch!r}; choose one of {', '.join(EPOCH_SELECTIONS)}")
+    if train.select_epoch != "last" and not train.save_epoch_adapters:
+        raise NolaError(f"train.select_epoch={train.select_epoch} chooses among the per-epoch adapters; set "
+                        "train.save_epoch_adapters=true or train.select_epoch=last")
+    if train.select_epoch == "valid_loss" and not train.eval_every_epoch:
+        raise NolaError("train.select_epoch=valid_loss needs the validation loss of every epoch; set "
+                        "train.eval_every_epoch=true, or choose train.select_epoch=valid_bleu or last")
     if train.precision not in PRECISIONS:
         raise NolaError(f"train.precision={train.precision!r}; choose one of {', '.join(PRECISIONS)}")
     per_step = world_size * train.grad_accum

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,7 @@ class TrainingJob:
     checkpoint_dir: Path
     config_record: dict
     monitor: Monitor | None = None
+    save_epoch_adapter: Callable[[int, TrainState], None] | None = None  # main process, at every epoch end
 
     @property
     def total_micro_batches(self) -> int:
@@ -156,6 +158,8 @@ def fit(job: TrainingJob, state: TrainState) -> str:
             state.valid.append({"epoch": epochs_done, "step": state.step, **losses})
             if job.monitor:
                 job.monitor.validation(state.step, losses["loss"], losses["batch_mean_loss"])
+        if epoch_end and job.save_epoch_adapter is not None and job.ctx.is_main:
+            job.save_epoch_adapter(epochs_done, state)  # before the checkpoint: a resume redoes it
         reason = "max_steps" if train.max_steps and state.step >= train.max_steps else None
         reason = reason or ("max_time" if result.stop_requested else None)
         if reason or epoch_end or state.step % train.save_every == 0:
