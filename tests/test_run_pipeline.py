@@ -5,6 +5,7 @@ runs the real ones); what is asserted is what each stage hands to the next."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -174,3 +175,65 @@ def test_dataset_scripts_refuse_unknown_cells(args, message):
     task, adapter = args
     result = script(f"scripts/{task}.sh", adapter)
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_the_seed_decides_the_adapter_and_the_hypotheses(data_dir, vocab_dir, tmp_path, fake_scorer):
+    """Same config and seed twice: bitwise the same adapter and hypotheses; another seed: others.
+    `seeds=2` runs train.seed and train.seed + 1, one directory each."""
+    for adapter in (["adapter=lora"], ["adapter=nola", "adapter.num_basis_a=8", "adapter.num_basis_b=8"]):
+        name = adapter[0].split("=")[1]
+        cfg = tiny(data_dir, vocab_dir, tmp_path, *adapter, "train.max_steps=0", "train.epochs=2", "train.batch_size=4",
+                   "seeds=2")
+        first = pipeline.run_seeds(cfg, tmp_path / f"{name}-a", tag="t")
+        again = pipeline.run(tiny(data_dir, vocab_dir, tmp_path, *adapter, "train.max_steps=0", "train.epochs=2",
+                                  "train.batch_size=4"), tmp_path / f"{name}-b")
+        assert [r["seed"] for r in first] == [110, 111] and again["seed"] == 110
+        assert [r["tag"] for r in first] == ["t/seed-110", "t/seed-111"]
+        files = [Path(r["run_dir"]) for r in (*first, again)]
+        assert files[0] == tmp_path / f"{name}-a" / "seed-110" and files[1] == tmp_path / f"{name}-a" / "seed-111"
+        weights = [(d / "adapter" / "adapter.safetensors").read_bytes() for d in files]
+        hypotheses = [(d / "test_hypotheses.txt").read_bytes() for d in files]
+        assert weights[0] == weights[2] and hypotheses[0] == hypotheses[2]
+        assert weights[0] != weights[1]
+        assert first[0]["config_key"] == first[1]["config_key"] == again["config_key"]
+
+
+def test_each_epoch_keeps_its_adapter_and_the_best_is_reported(data_dir, vocab_dir, tmp_path, fake_scorer,
+                                                               monkeypatch):
+    cfg = tiny(data_dir, vocab_dir, tmp_path, "adapter=lora", "train.max_steps=0", "train.epochs=3",
+               "train.batch_size=4")
+    results = run(cfg, tmp_path / "run")
+    training = json.loads((tmp_path / "run" / "train_metrics.json").read_text())
+    losses = {entry["epoch"]: entry["loss"] for entry in training["valid"]}
+    assert sorted(losses) == [1, 2, 3]
+    for epoch in losses:
+        saved = json.loads((tmp_path / "run" / "epochs" / f"epoch-{epoch}" / "adapter_config.json").read_text())
+        assert saved["extra"]["train"]["epoch"] == epoch
+    best = min(losses, key=lambda epoch: (losses[epoch], epoch))
+    selection = results["selection"]
+    assert selection["by"] == "valid_loss" and selection["epoch"] == best
+    assert selection["candidates"] == {str(e): v for e, v in losses.items()}
+    decoded = json.loads((tmp_path / "run" / "decode.json").read_text())
+    assert decoded["adapter_dir"] == str(tmp_path / "run" / "epochs" / f"epoch-{best}")
+
+    # choosing by validation BLEU decodes the validation split with every epoch's adapter
+    bleu = pipeline.select_epoch(OmegaConf.merge(cfg, {"train": {"select_epoch": "valid_bleu"}}), tmp_path / "run",
+                                 tmp_path / "run" / "adapter", training)[1]
+    assert bleu["by"] == "valid_bleu" and sorted(bleu["candidates"]) == ["1", "2", "3"]
+    assert all((tmp_path / "run" / "epochs" / f"epoch-{e}" / "valid_hypotheses.txt").is_file() for e in (1, 2, 3))
+    top = max(bleu["candidates"].values())
+    assert bleu["epoch"] == min(int(e) for e, v in bleu["candidates"].items() if v == top)
+    last = pipeline.select_epoch(OmegaConf.merge(cfg, {"train": {"select_epoch": "last"}}), tmp_path / "run",
+                                 tmp_path / "run" / "adapter", training)
+    assert last[0] == tmp_path / "run" / "adapter" and last[1]["by"] == "last"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.select_epoch=best"], "train.select_epoch='best'; choose one of valid_loss, valid_bleu, last"),
+    (["train.save_epoch_adapters=false"], "set train.save_epoch_adapters=true or train.select_epoch=last"),
+    (["train.eval_every_epoch=false"], "train.select_epoch=valid_loss needs the validation loss of every epoch"),
+    (["seeds=0"], "seeds=0 must be at least 1"),
+])
+def test_bad_protocol_settings_are_named(data_dir, vocab_dir, tmp_path, overrides, message):
+    with pytest.raises(NolaError, match=re.escape(message)):
+        run(tiny(data_dir, vocab_dir, tmp_path, "adapter=lora", *overrides), tmp_path / "run")

@@ -27,6 +27,7 @@ from nola.decode.config import DecodeConfig
 from nola.errors import NolaError, exit_on_user_error
 from nola.model.config import ModelConfig
 from nola.paths_config import PathsConfig
+from nola.serve.config import ServeConfig
 from nola.training.config import TrainConfig
 
 def _conf_dir() -> Path:
@@ -36,7 +37,7 @@ def _conf_dir() -> Path:
 
 
 CONF_DIR = _conf_dir()
-GROUPS = ("model", "adapter", "task", "train", "decode", "paths", "experiment")
+GROUPS = ("model", "adapter", "task", "train", "decode", "paths", "serve", "experiment")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     name: str = "${task.name}_${model.name}_${adapter.kind}"  # run name (experiment configs set it)
     seeds: int = 1  # nola.run: train this many seeds from train.seed, each in <run dir>/seed-<seed>
 

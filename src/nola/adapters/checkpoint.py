@@ -134,21 +134,10 @@ def load_adapter(model: nn.Module, directory: str | Path) -> AdapterConfig:
     missing/unexpected tensors, wrong shapes (e.g. a coefficient vector of the wrong length).
     """
     directory = Path(directory)
-    document = read_adapter_config(directory)
-    config_path = directory / CONFIG_FILE
-    for key in ARCHITECTURE_FIELDS:
-        saved, have = document["architecture"].get(key), getattr(model.config, key)
-        if saved != have:
-            raise NolaError(f"{config_path}: adapter is for a base with {key}={saved}, this model has {key}={have}")
     if is_merged(model):
         raise NolaError("the model's adapters are merged; unmerge_adapters(model) before loading an adapter")
-    fingerprint = fingerprint_of(model)
-    if document["base_fingerprint"] != fingerprint:
-        raise NolaError(
-            f"{config_path}: adapter was trained on base {document['base_fingerprint']} "
-            f"({document.get('model_name')}), this model's base is {fingerprint}; load the matching base weights"
-        )
-    config = _saved_config(document, config_path)
+    document, config = open_adapter(directory, model.config, fingerprint_of(model))
+    config_path = directory / CONFIG_FILE
     current = getattr(model, "adapter_config", None)
     if current is None:
         inject_adapters(model, config)
@@ -163,6 +152,24 @@ def load_adapter(model: nn.Module, directory: str | Path) -> AdapterConfig:
     _apply_seeds(model, document["seeds"], config_path)
     _copy_tensors(model, directory / WEIGHTS_FILE, document["coefficient_bits"])
     return config
+
+
+def open_adapter(directory: str | Path, architecture, fingerprint: str) -> tuple[dict[str, Any], AdapterConfig]:
+    """adapter_config.json of `directory` and its AdapterConfig, checked against a base with this
+    architecture (a GPT2Config) and fingerprint; a mismatch is a NolaError naming the file."""
+    directory = Path(directory)
+    document = read_adapter_config(directory)
+    config_path = directory / CONFIG_FILE
+    for key in ARCHITECTURE_FIELDS:
+        saved, have = document["architecture"].get(key), getattr(architecture, key)
+        if saved != have:
+            raise NolaError(f"{config_path}: adapter is for a base with {key}={saved}, this model has {key}={have}")
+    if document["base_fingerprint"] != fingerprint:
+        raise NolaError(
+            f"{config_path}: adapter was trained on base {document['base_fingerprint']} "
+            f"({document.get('model_name')}), this model's base is {fingerprint}; load the matching base weights"
+        )
+    return document, _saved_config(document, config_path)
 
 
 def _saved_config(document: dict, config_path: Path) -> AdapterConfig:
@@ -194,6 +201,16 @@ def _apply_seeds(model: nn.Module, saved: dict, config_path: Path) -> None:
 
 
 def _copy_tensors(model: nn.Module, path: Path, bits: int | None) -> None:
+    values = read_adapter_tensors(model, path, bits)
+    with torch.no_grad():
+        for name, param in adapter_params(model).items():
+            param.copy_(values[name])
+
+
+def read_adapter_tensors(model: nn.Module, path: Path, bits: int | None) -> dict[str, torch.Tensor]:
+    """The stored values of `adapter_params(model)` by name, shaped like them (dequantized when the
+    file holds `bits`-bit NOLA coefficients); strict about names and shapes. `model` may be on the
+    meta device: only its parameter names and shapes are used."""
     if not path.is_file():
         raise NolaError(f"{path} not found; the adapter directory is incomplete")
     try:
@@ -220,9 +237,7 @@ def _copy_tensors(model: nn.Module, path: Path, bits: int | None) -> None:
     else:
         parts = {key.removeprefix(QUANTIZED_PREFIX + "."): value for key, value in stored.items()}
         values = dequantize_vectors(parts, bits, [param.numel() for param in params.values()])
-    with torch.no_grad():
-        for param, value in zip(params.values(), values):
-            param.copy_(value.view_as(param))
+    return {name: value.reshape(param.shape) for (name, param), value in zip(params.items(), values)}
 
 
 def safetensors_file_bytes(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> int:

@@ -84,10 +84,21 @@ def beam_search(
 
 
 def search(
-    model, prompts: Sequence[Sequence[int]], settings: SearchSettings, *, batch_size: int = 16, progress: bool = False
+    model, prompts: Sequence[Sequence[int]], settings: SearchSettings, *, batch_size: int = 16, progress: bool = False,
+    adapters: Sequence[str | None] | None = None,
 ) -> list[BeamHypothesis]:
-    """`beam_search` returning the scores and whether each hypothesis ended on an eos id."""
+    """`beam_search` returning the scores and whether each hypothesis ended on an eos id.
+
+    adapters: with a model carrying an `nola.adapters.bank.AdapterBank`, the adapter of each prompt
+    (None: the base alone); prompts with different adapters are decoded in the same batches.
+    """
     check_inputs(model.config, prompts, settings, batch_size)
+    bank = getattr(model, "adapter_bank", None)
+    if adapters is not None:
+        if bank is None:
+            raise NolaError("an adapter per prompt needs a model with an adapter bank (nola.adapters.bank.AdapterBank)")
+        if len(adapters) != len(prompts):
+            raise NolaError(f"{len(adapters)} adapters for {len(prompts)} prompts; give one (or None) per prompt")
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[BeamHypothesis | None] = [None] * len(prompts)
     was_training = model.training
@@ -97,7 +108,11 @@ def search(
             starts = range(0, len(order), batch_size)
             for start in tqdm(starts, desc="beam search", unit="batch", disable=not progress):
                 chunk = order[start : start + batch_size]
-                found = _search_batch(model, [list(prompts[i]) for i in chunk], settings)
+                if adapters is None:
+                    found = _search_batch(model, [list(prompts[i]) for i in chunk], settings)
+                else:
+                    with bank.routing([adapters[i] for i in chunk]) as routes:
+                        found = _search_batch(model, [list(prompts[i]) for i in chunk], settings, routes)
                 for index, hypothesis in zip(chunk, found):
                     results[index] = hypothesis
     finally:
@@ -175,8 +190,11 @@ class _BestHypotheses:
         ]
 
 
-def _search_batch(model, prompts: list[list[int]], settings: SearchSettings) -> list[BeamHypothesis]:
-    """Decode prompts together: left-padded prefill once per input, then K rows per input."""
+def _search_batch(model, prompts: list[list[int]], settings: SearchSettings, routes=None) -> list[BeamHypothesis]:
+    """Decode prompts together: left-padded prefill once per input, then K rows per input.
+
+    routes: the batch's `nola.adapters.bank.Routes`; before every forward it learns which input
+    each row belongs to (beams inherit their input's adapter)."""
     K, M, power = settings.beam, settings.max_new_tokens, settings.length_penalty
     device = model.transformer.wte.weight.device
     B, width = len(prompts), max(len(p) for p in prompts)
@@ -189,6 +207,8 @@ def _search_batch(model, prompts: list[list[int]], settings: SearchSettings) -> 
     eos_ids = torch.tensor(settings.eos_ids, dtype=torch.long, device=device)
 
     cache = model.new_cache(B, width + M - 1)
+    if routes is not None:
+        routes.select(torch.arange(B, device=device))
     logits = model(input_ids, attention_mask=prompt_mask, cache=cache, only_last=True)[:, -1]
     scores, tokens = _top_log_probs(logits, K)  # (B, K): step 0 expands the single beam
     best = _BestHypotheses(B, M, device, scores.dtype)
@@ -212,6 +232,8 @@ def _search_batch(model, prompts: list[list[int]], settings: SearchSettings) -> 
         cache.reorder(parent_rows[live])
         generated = torch.ones(live.shape[0], length, dtype=torch.bool, device=device)
         mask = torch.cat([prompt_mask[active[live // K]], generated], dim=1)
+        if routes is not None:
+            routes.select(active[live // K])
         logits = model(history[live, -1:], attention_mask=mask, cache=cache, only_last=True)[:, -1]
         live_log_probs, live_tokens = _top_log_probs(_penalize(logits, history[live], settings), K)
         log_probs = live_log_probs.new_full((A * K, K), NEG_INF).index_copy_(0, live, live_log_probs)

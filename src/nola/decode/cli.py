@@ -3,11 +3,14 @@
     python -m nola.decode experiment=e2e/nola_gpt2m                # runs/<name>/adapter, test split
     python -m nola.decode task=dart decode=dart decode.adapter_dir=path/to/adapter decode.split=valid
     torchrun --nproc_per_node=4 -m nola.decode experiment=e2e/nola_gpt2m
+    python -m nola.decode decode.manifest=mixed.yaml decode.out_dir=runs/mixed   # many adapters, one run
 
 A thin shell around `nola.decode.stage.decode_stage` (the stage `nola.run` runs too): the model is
 built as training builds it, with the adapter loaded and merged; the contexts are the split's
 reference groups, in the reference files' order. Writes `<split>_hypotheses.txt`, `.jsonl` and
 `decode.json` into `decode.out_dir` (default: the run directory) and prints a JSON summary.
+With `decode.manifest` several tasks' splits are decoded together, each with its own adapter, and
+scored per task (`nola.decode.mixed`).
 """
 
 from __future__ import annotations
@@ -61,7 +64,14 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     keep_freed_memory()
-    summary = decode_from_config(cfg, HydraConfig.get().runtime.output_dir)
+    out_dir = HydraConfig.get().runtime.output_dir
+    if cfg.decode.manifest is not None:
+        from nola.decode.mixed import decode_manifest
+
+        typed_config(cfg)
+        summary = decode_manifest(cfg, cfg.decode.out_dir or out_dir)
+    else:
+        summary = decode_from_config(cfg, out_dir)
     if summary:
         print(json.dumps(summary, indent=2))
 

@@ -63,6 +63,8 @@ class DecodeConfig:
     split: valid | test.
     adapter_dir: a saved adapter to load and merge before decoding (null: the model as built).
     out_dir: where hypotheses go (null: the Hydra run directory).
+    manifest: a YAML/JSON list of {name, task, split, adapter_dir} decoded together in one mixed run,
+        each context with its entry's adapter (`nola.decode.mixed`); null: one split, one adapter.
     """
 
     beam: int = PAPER_SETTINGS.beam
@@ -75,6 +77,7 @@ class DecodeConfig:
     split: str = "test"
     adapter_dir: Optional[str] = None
     out_dir: Optional[str] = None
+    manifest: Optional[str] = None
 
     def __post_init__(self) -> None:
         search_settings(self)  # raises on a bad search setting

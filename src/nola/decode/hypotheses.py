@@ -61,8 +61,10 @@ def context_prompts(tokenizer, contexts: list[str]) -> list[list[int]]:
 
 
 def decode_split(model, tokenizer, contexts: list[str], decode_cfg, *, progress: bool = True,
-                 source: str | None = None) -> list[Hypothesis]:
+                 source: str | None = None, adapters: list[str | None] | None = None) -> list[Hypothesis]:
     """Beam-search every context with `model` (adapters merged); one Hypothesis per context, in order.
+
+    adapters: one adapter name (or None) per context, for a model with an adapter bank (mixed decoding).
 
     Every prompt is checked against the model before any search, a bad one named by its line in
     `source` (the `<split>_contexts.txt` the contexts come from), else by its index. Under an
@@ -78,6 +80,7 @@ def decode_split(model, tokenizer, contexts: list[str], decode_cfg, *, progress:
     found = search(
         model, [prompts[i] for i in mine], search_settings(decode_cfg),
         batch_size=int(decode_cfg.batch_size), progress=progress and rank == 0,
+        adapters=None if adapters is None else [adapters[i] for i in mine],
     )
     local = [
         Hypothesis(

@@ -1,0 +1,364 @@
+"""Many adapters on one base: an adapter bank and a different adapter for every row of a batch.
+
+NOLA's point (Koohpayegani et al., ICLR 2024) is that an adapter weighs a few KB, so one model can
+hold thousands of them. `AdapterBank` loads any number of saved LoRA and NOLA adapters onto one
+frozen base (each checked against the base's architecture and fingerprint) and keeps only what they
+store resident: LoRA's A and B, NOLA's coefficients and seeds. What a forward needs, each adapted
+layer's A (R × d_in) and (α/r)·B (d_out × R), is materialised on demand and kept in an LRU cache
+under a byte bound (`cache_bytes`). NOLA adapters whose slots use the same bases (the same basis
+seed, count and size) share one basis in memory, and a group of them is materialised together by
+one product of their stacked coefficients (n × k) with that basis (k × r·d).
+
+A batch is routed without merging (Punica's BGMV, Chen et al., MLSys 2024; S-LoRA): every adaptable
+linear layer of the base becomes a `RoutedLinear`, which adds x·Aᵤᵀ·Bᵤᵀ to each row from the
+factors of that row's adapter u, gathered per row and applied with batched matmuls; a row without an
+adapter gets the base alone. `AdapterBank.routing(names)` binds one adapter (or None) to each input
+of a batch; `Routes.select(inputs)` says which input every row of the next forward belongs to, so
+the KV cache and beam search work unchanged (`nola.decode.beam.search(adapters=...)`: beams
+inherit their prompt's adapter).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nola.adapters.bases import normal_offset, random_basis, random_offset
+from nola.adapters.checkpoint import CONFIG_FILE, WEIGHTS_FILE, open_adapter, read_adapter_tensors
+from nola.adapters.config import MODULE_PATHS, AdapterConfig
+from nola.adapters.inject import adapted_layers, inject_adapters
+from nola.adapters.layers import LoraSlot, NolaSlot
+from nola.errors import NolaError
+from nola.model import GPT2
+
+DEFAULT_CACHE_BYTES = 256 * 2**20
+
+
+class UnknownAdapter(NolaError):
+    """A name that no loaded adapter has."""
+Factors = tuple[torch.Tensor, torch.Tensor]  # A (R × d_in), scaled B (d_out × R)
+
+
+@dataclass(frozen=True)
+class NolaFactors:
+    """What a NOLA slot stores: coefficients, the seeds of its frozen matrices, the factor shapes."""
+
+    coef_A: torch.Tensor
+    coef_B: torch.Tensor
+    seeds: dict[str, int]
+    shape_A: tuple[int, int]
+    shape_B: tuple[int, int]
+    init: str
+
+    def basis_key(self, role: str) -> tuple[int, int, int]:
+        """(seed, count, numel) of the basis of `role` (A or B): equal keys mean the same basis."""
+        coef, shape = (self.coef_A, self.shape_A) if role == "A" else (self.coef_B, self.shape_B)
+        return self.seeds[f"basis_{role}"], coef.numel(), shape[0] * shape[1]
+
+    def offset(self, role: str) -> torch.Tensor | None:
+        """A0 (or B0) from its seed, as `NolaSlot.rebuild_offsets` draws it; None for paper's B0 = 0."""
+        name, shape = (f"offset_{role}", self.shape_A if role == "A" else self.shape_B)
+        if name not in self.seeds:
+            return None
+        draw = normal_offset if self.init == "reference" else random_offset
+        return draw(self.seeds[name], *shape)
+
+
+@dataclass(frozen=True)
+class BankSlot:
+    """One adapted row block (q, k, v of c_attn, or a whole projection) of one layer."""
+
+    rows: tuple[int, int]
+    lora: Factors | None = None  # LoRA's A (r × d_in), B (d_out_s × r)
+    nola: NolaFactors | None = None
+
+
+@dataclass
+class BankedAdapter:
+    """A loaded adapter: its config, its slots by layer path, and what it weighs."""
+
+    name: str
+    directory: Path
+    config: AdapterConfig
+    layers: dict[str, list[BankSlot]]
+    out_features: dict[str, int]  # each adapted layer's output width
+    file_bytes: int
+    signature: tuple[int, int]  # (mtime_ns, size) of adapter.safetensors when loaded
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of the tensors kept for it at all times (LoRA factors, NOLA coefficients)."""
+        total = 0
+        for slots in self.layers.values():
+            for slot in slots:
+                tensors = slot.lora if slot.lora is not None else (slot.nola.coef_A, slot.nola.coef_B)
+                total += sum(t.numel() * t.element_size() for t in tensors)
+        return total
+
+
+@dataclass
+class Routes:
+    """The factors of one batch's adapters and, for the next forward, each row's adapter."""
+
+    factors: dict[str, Factors]  # layer path -> A (U, R, d_in), B (U, d_out, R); U adapters of the batch
+    slot_of_input: torch.Tensor  # (inputs,) index into U, -1 for the base alone
+    rows: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    slots: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+
+    def select(self, inputs: torch.Tensor) -> None:
+        """Row i of the next forward belongs to input `inputs[i]` (beams inherit their prompt's adapter)."""
+        row_slot = self.slot_of_input.to(inputs.device)[inputs]
+        self.rows = (row_slot >= 0).nonzero().squeeze(1)
+        self.slots = row_slot[self.rows]
+
+
+class Router:
+    """Shared by a model's `RoutedLinear` layers: the routes of the batch being decoded, if any."""
+
+    def __init__(self) -> None:
+        self.current: Routes | None = None
+
+
+class RoutedLinear(nn.Module):
+    """A frozen linear layer plus, per row, the low-rank update of that row's adapter (gather + bmm)."""
+
+    def __init__(self, base_layer: nn.Linear, router: Router, path: str) -> None:
+        super().__init__()
+        self.base_layer, self.router, self.path = base_layer, router, path
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        routes = self.router.current
+        if routes is None or routes.rows.numel() == 0 or self.path not in routes.factors:
+            return y
+        a, b = routes.factors[self.path]
+        picked = x[routes.rows]  # (S, T, d_in)
+        hidden = torch.bmm(picked, a[routes.slots].transpose(1, 2))  # (S, T, R)
+        return y.index_add(0, routes.rows, torch.bmm(hidden, b[routes.slots].transpose(1, 2)))
+
+
+class AdapterBank:
+    """Adapters by name on one base model; see the module docstring.
+
+    `model` is a plain GPT-2 (no adapters injected); the bank wraps its adaptable layers in place.
+    `base_fingerprint` is the base's `nola.model.base_fingerprint`, against which every adapter is
+    checked. Adding and removing adapters is thread-safe; decoding is one batch at a time.
+    """
+
+    def __init__(self, model: GPT2, base_fingerprint: str, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if getattr(getattr(model, "adapter_config", None), "kind", "none") != "none":
+            raise NolaError("the adapter bank needs the bare base model; build it with adapter=none")
+        self.model, self.fingerprint, self.cache_bytes = model, base_fingerprint, int(cache_bytes)
+        self.router = Router()
+        self.adapters: dict[str, BankedAdapter] = {}
+        self._bases: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._cache: OrderedDict[str, dict[str, Factors]] = OrderedDict()
+        self._cached_bytes = 0
+        self._skeletons: dict[tuple, GPT2] = {}
+        self._lock = threading.RLock()
+        self.device = model.transformer.wte.weight.device
+        self.dtype = model.transformer.wte.weight.dtype
+        for index, block in enumerate(model.transformer.h):
+            for module_path in MODULE_PATHS.values():
+                parent_path, _, attr = module_path.rpartition(".")
+                parent = block.get_submodule(parent_path)
+                setattr(parent, attr, RoutedLinear(getattr(parent, attr), self.router, f"transformer.h.{index}.{module_path}"))
+        model.adapter_bank = self
+
+    # ----------------------------------------------------------------- loading
+    def add(self, name: str, directory: str | Path) -> BankedAdapter:
+        """Load the adapter saved in `directory` under `name` (replacing one of that name)."""
+        directory = Path(directory)
+        document, config = open_adapter(directory, self.model.config, self.fingerprint)
+        if config.kind not in ("lora", "nola"):
+            raise NolaError(f"{directory / CONFIG_FILE}: a {config.kind!r} adapter cannot be served from a bank; "
+                            "the bank holds LoRA and NOLA adapters (full fine-tuning replaces the base)")
+        skeleton = self._skeleton(config)
+        weights = directory / WEIGHTS_FILE
+        values = read_adapter_tensors(skeleton, weights, document["coefficient_bits"])
+        layers: dict[str, list[BankSlot]] = {}
+        widths = {path: layer.out_features for path, layer in adapted_layers(skeleton)}
+        for layer_path, layer in adapted_layers(skeleton):
+            slots = []
+            for slot_name, slot in layer.adapter.items():
+                prefix = f"{layer_path}.adapter.{slot_name}"
+                rows = layer.rows[slot_name]
+                if isinstance(slot, LoraSlot):
+                    factors = (values[f"{prefix}.lora_A"].float(), values[f"{prefix}.lora_B"].float())
+                    slots.append(BankSlot(rows, lora=factors))
+                elif isinstance(slot, NolaSlot):
+                    seeds = {role: int(seed) for role, seed in document["seeds"][prefix].items()}
+                    slots.append(BankSlot(rows, nola=NolaFactors(
+                        values[f"{prefix}.nola_coef_A"].float(), values[f"{prefix}.nola_coef_B"].float(), seeds,
+                        slot.shape_A, slot.shape_B, slot.init)))
+            layers[layer_path] = slots
+        stat = weights.stat()
+        adapter = BankedAdapter(name, directory, config, layers, widths, stat.st_size, (stat.st_mtime_ns, stat.st_size))
+        with self._lock:
+            self._evict(name)
+            self.adapters[name] = adapter
+        return adapter
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._evict(name)
+            self.adapters.pop(name, None)
+
+    def _skeleton(self, config: AdapterConfig) -> GPT2:
+        """A meta-device GPT-2 with `config` injected: the names and shapes an adapter file must have."""
+        key = (config.kind, config.rank, tuple(config.targets), tuple(config.modules), config.num_basis_a,
+               config.num_basis_b, config.init)
+        with self._lock:
+            if key not in self._skeletons:
+                with torch.device("meta"):
+                    skeleton = GPT2(self.model.config)
+                    inject_adapters(skeleton, AdapterConfig(**{**config.to_dict(), "cache_bases": False}))
+                self._skeletons[key] = skeleton
+            return self._skeletons[key]
+
+    # ------------------------------------------------------------ materialising
+    def basis(self, key: tuple[int, int, int]) -> torch.Tensor:
+        """The shared basis (count, numel) of (seed, count, numel), generated once (`random_basis`)."""
+        with self._lock:
+            if key not in self._bases:
+                self._bases[key] = random_basis(*key).to(self.device)
+            return self._bases[key]
+
+    @property
+    def basis_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._bases.values())
+
+    def factors(self, names: Sequence[str]) -> list[dict[str, Factors]]:
+        """Every layer's (A, scaled B) of each adapter in `names`, from the cache or materialised
+        (the missing ones together, one coefficient-by-basis product per shared basis)."""
+        with self._lock:
+            unknown = [name for name in names if name not in self.adapters]
+            if unknown:
+                raise UnknownAdapter(f"no adapter named {unknown[0]!r}; loaded: {', '.join(sorted(self.adapters)) or 'none'}")
+            missing = [name for name in dict.fromkeys(names) if name not in self._cache]
+            if missing:
+                for name, layers in zip(missing, self._materialise([self.adapters[n] for n in missing])):
+                    self._cache[name] = layers
+                    self._cached_bytes += _bytes(layers)
+            for name in names:
+                self._cache.move_to_end(name)
+            found = [self._cache[name] for name in names]
+            self._shrink(keep=set(names))
+            return found
+
+    def _materialise(self, adapters: list[BankedAdapter]) -> list[dict[str, Factors]]:
+        mixed = self._mix_nola(adapters)
+        out = []
+        for index, adapter in enumerate(adapters):
+            layers = {}
+            for path, slots in adapter.layers.items():
+                pieces = []
+                for position, slot in enumerate(slots):
+                    if slot.lora is not None:
+                        pieces.append((slot.rows, *slot.lora))
+                    else:
+                        a, b = mixed[(index, path, position)]
+                        pieces.append((slot.rows, a, b))
+                layers[path] = self._stack(pieces, adapter.config.scale, adapter.out_features[path])
+            out.append(layers)
+        return out
+
+    def _mix_nola(self, adapters: list[BankedAdapter]) -> dict[tuple[int, str, int], Factors]:
+        """A and B of every NOLA slot: per shared basis, one (n × k) @ (k × numel) product."""
+        groups: dict[tuple[str, tuple[int, int, int]], list[tuple[int, str, int, torch.Tensor]]] = {}
+        for index, adapter in enumerate(adapters):
+            for path, slots in adapter.layers.items():
+                for position, slot in enumerate(slots):
+                    if slot.nola is None:
+                        continue
+                    for role, coef in (("A", slot.nola.coef_A), ("B", slot.nola.coef_B)):
+                        groups.setdefault((role, slot.nola.basis_key(role)), []).append((index, path, position, coef))
+        mixed: dict[tuple[int, str, int], dict[str, torch.Tensor]] = {}
+        for (role, key), members in groups.items():
+            coefficients = torch.stack([coef for *_, coef in members]).to(self.device)  # (n, k)
+            products = coefficients @ self.basis(key)  # (n, numel)
+            for (index, path, position, _), product in zip(members, products):
+                mixed.setdefault((index, path, position), {})[role] = product
+        factors = {}
+        for (index, path, position), parts in mixed.items():
+            nola = adapters[index].layers[path][position].nola
+            a = parts["A"].view(nola.shape_A) + nola.offset("A").to(self.device)
+            b = parts["B"].view(nola.shape_B)
+            offset_b = nola.offset("B")
+            factors[(index, path, position)] = (a, b if offset_b is None else b + offset_b.to(self.device))
+        return factors
+
+    def _stack(self, pieces: list[tuple[tuple[int, int], torch.Tensor, torch.Tensor]], scale: float,
+               layer_out: int) -> Factors:
+        """One layer's slots as a single pair: A (slots·r × d_in), (α/r)·B zero-padded (d_out × slots·r)."""
+        a = torch.cat([piece_a.float() for _, piece_a, _ in pieces]).to(self.device)
+        b = a.new_zeros(layer_out, a.shape[0])
+        column = 0
+        for (start, stop), piece_a, piece_b in pieces:
+            rank = piece_a.shape[0]
+            b[start:stop, column:column + rank] = piece_b.float().to(self.device) * scale
+            column += rank
+        return a.to(self.dtype), b.to(self.dtype)
+
+    def _evict(self, name: str) -> None:
+        layers = self._cache.pop(name, None)
+        if layers is not None:
+            self._cached_bytes -= _bytes(layers)
+
+    def _shrink(self, keep: set[str]) -> None:
+        """Evict least recently used factors until the cache fits its bound (the batch's stay)."""
+        for name in list(self._cache):
+            if self._cached_bytes <= self.cache_bytes:
+                break
+            if name not in keep:
+                self._evict(name)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
+
+    # ----------------------------------------------------------------- routing
+    @contextmanager
+    def routing(self, names: Sequence[str | None]) -> Iterator[Routes]:
+        """Route the next forwards: input i uses adapter names[i] (None: the base alone)."""
+        unique = list(dict.fromkeys(name for name in names if name is not None))
+        layer_factors = self.factors(unique)
+        stacked: dict[str, Factors] = {}
+        for path in {path for layers in layer_factors for path in layers}:
+            ranks = [layers[path][0].shape[0] if path in layers else 0 for layers in layer_factors]
+            width = max(ranks)
+            d_in = next(layers[path][0].shape[1] for layers in layer_factors if path in layers)
+            d_out = next(layers[path][1].shape[0] for layers in layer_factors if path in layers)
+            a = torch.zeros(len(unique), width, d_in, device=self.device, dtype=self.dtype)
+            b = torch.zeros(len(unique), d_out, width, device=self.device, dtype=self.dtype)
+            for slot, (layers, rank) in enumerate(zip(layer_factors, ranks)):
+                if rank:
+                    a[slot, :rank], b[slot, :, :rank] = layers[path]
+            stacked[path] = (a, b)
+        index = {name: slot for slot, name in enumerate(unique)}
+        routes = Routes(stacked, torch.tensor([index[n] if n is not None else -1 for n in names], dtype=torch.long,
+                                              device=self.device))
+        self.router.current = routes
+        try:
+            yield routes
+        finally:
+            self.router.current = None
+
+
+def _bytes(layers: dict[str, Factors]) -> int:
+    return sum(t.numel() * t.element_size() for pair in layers.values() for t in pair)

@@ -1,0 +1,80 @@
+"""Many adapters on one base (nola.adapters.bank): every row of a mixed batch decodes as if alone.
+
+The reference is the plain path: a fresh base with one adapter loaded and merged into its weights
+(`load_adapter` + `merge_adapters`), decoding one prompt at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+
+from nola.adapters.bank import AdapterBank, UnknownAdapter
+from nola.decode.beam import search
+from nola.decode.config import SearchSettings
+from nola.errors import NolaError
+from nola.model import GPT2Config, base_fingerprint, init_gpt2
+from bank_support import ADAPTERS, merged_model, save_random_adapters, tiny_base
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_base()
+
+
+@pytest.fixture(scope="module")
+def saved(base, tmp_path_factory):
+    return save_random_adapters(base, tmp_path_factory.mktemp("adapters"))
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_mixed_batch_equals_each_prompt_alone_with_its_adapter_merged(base, saved, beam):
+    rng = random.Random(beam)
+    vocab = base.config.vocab_size
+    names = [*ADAPTERS, None]
+    prompts = [[rng.randrange(vocab) for _ in range(rng.randint(2, 9))] for _ in range(56)]
+    assigned = [names[i % len(names)] for i in range(len(prompts))]
+    rng.shuffle(assigned)
+    settings = SearchSettings(beam=beam, max_new_tokens=8, no_repeat_ngram_size=3, eos_ids=(5,))
+
+    model = copy.deepcopy(base)
+    bank = AdapterBank(model, base_fingerprint(base))
+    for name in ADAPTERS:
+        bank.add(name, saved / name)
+    mixed = search(model, prompts, settings, batch_size=16, adapters=assigned)
+
+    references = {name: merged_model(base, saved / name if name else None) for name in names}
+    for prompt, name, hypothesis in zip(prompts, assigned, mixed):
+        [alone] = search(references[name], [prompt], settings, batch_size=1)
+        assert hypothesis.tokens == alone.tokens, name
+        assert hypothesis.score == pytest.approx(alone.score, rel=1e-4, abs=1e-5)
+    assert sum(name is None for name in assigned) >= 6 and len(set(assigned)) == len(names)
+
+
+def test_shared_bases_are_held_once_and_the_cache_is_bounded(base, saved):
+    model = copy.deepcopy(base)
+    bank = AdapterBank(model, base_fingerprint(base), cache_bytes=1)
+    for name in ("nola_a", "nola_b"):
+        bank.add(name, saved / name)
+    bank.factors(["nola_a", "nola_b"])
+    # reference init: q-A, q-B, v-A, v-B bases shared by every layer, and by both adapters
+    assert len(bank._bases) == 4
+    assert bank.cached_bytes > 0  # the batch in use stays even above the bound ...
+    bank.factors(["nola_a"])
+    assert list(bank._cache) == ["nola_a"]  # ... and the least recently used one goes once it is not needed
+    assert bank.adapters["nola_a"].resident_bytes == 2 * 2 * 2 * 16 * 4  # 2 layers, q and v, k + l coefficients
+    with pytest.raises(UnknownAdapter, match="no adapter named 'nope'"):
+        bank.factors(["nope"])
+
+
+def test_an_adapter_for_another_base_is_refused_naming_its_directory(base, saved, tmp_path):
+    other = init_gpt2(GPT2Config.named("tiny"), 1)
+    bank = AdapterBank(other, base_fingerprint(other))
+    with pytest.raises(NolaError, match=f"{saved / 'lora_qv' / 'adapter_config.json'}: adapter was trained on base"):
+        bank.add("x", saved / "lora_qv")
+    with pytest.raises(NolaError, match=f"{tmp_path / 'missing' / 'adapter_config.json'} not found"):
+        bank.add("y", tmp_path / "missing")
+    with pytest.raises(NolaError, match="needs a model with an adapter bank"):
+        search(base, [[1, 2]], SearchSettings(beam=1, max_new_tokens=2), adapters=["x"])

@@ -1,0 +1,185 @@
+"""`python -m nola.serve` over real HTTP on 127.0.0.1: answers equal to the library's, the error
+cases, an adapter added while running, and SIGTERM draining in-flight requests.
+
+The expected text of every answer is computed here by the plain single-adapter path: the adapter
+merged into a fresh base, the prompt decoded alone, the tokens turned into text as nola.decode does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from nola.decode.beam import search  # noqa: E402
+from nola.decode.config import SearchSettings  # noqa: E402
+from nola.decode.hypotheses import context_prompts, hypothesis_text  # noqa: E402
+from nola.tokenizer import load_tokenizer  # noqa: E402
+from bank_support import merged_model, save_random_adapters, tiny_base  # noqa: E402
+from train_support import subprocess_env, synthetic_examples  # noqa: E402
+
+SERVED = {
+    "lora": dict(kind="lora", rank=4, alpha=32, targets=["q", "v"], base_seed=1),
+    "nola": dict(kind="nola", rank=4, alpha=4, num_basis_a=16, num_basis_b=16, base_seed=7),
+    "nola2": dict(kind="nola", rank=4, alpha=4, num_basis_a=16, num_basis_b=16, base_seed=7),
+}
+LATE = {"late": dict(kind="nola", rank=2, alpha=2, num_basis_a=8, num_basis_b=8, base_seed=5)}
+MAX_TOKENS = 6
+BEAM = 3
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def call(port: int, path: str, body: dict | bytes | None = None, timeout: float = 120.0) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+class Server:
+    def __init__(self, root: Path, vocab_dir: Path, adapters_dir: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.log = (root / f"server-{self.port}.log").open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nola.serve", "model=tiny", "model.source=random", f"paths.vocab_dir={vocab_dir}",
+             f"paths.runs_dir={root / 'runs'}", f"serve.adapters_dir={adapters_dir}", f"serve.port={self.port}",
+             "train.device=cpu", *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env=subprocess_env())
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {(root / f'server-{self.port}.log').read_text()}")
+            try:
+                if call(self.port, "/health", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("server did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(60)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_base()
+
+
+@pytest.fixture(scope="module")
+def served(base, tmp_path_factory, vocab_dir):
+    root = tmp_path_factory.mktemp("serve")
+    adapters = save_random_adapters(base, root / "adapters", SERVED)
+    save_random_adapters(base, root / "later", LATE, seed=3)
+    server = Server(root, vocab_dir, adapters)
+    yield root, server
+    server.stop()
+
+
+def expected_text(base, directory, tokenizer, context: str) -> str:
+    settings = SearchSettings(beam=BEAM, max_new_tokens=MAX_TOKENS)
+    [prompt] = context_prompts(tokenizer, [context])
+    [found] = search(merged_model(base, directory), [prompt], settings, batch_size=1)
+    return hypothesis_text(tokenizer, found.tokens)
+
+
+def test_parallel_requests_equal_the_library(served, base, vocab_dir):
+    root, server = served
+    tokenizer = load_tokenizer(vocab_dir)
+    contexts = [row["context"] for row in synthetic_examples(52, seed=4)]
+    names = ["lora", "nola", "nola2", "base"]
+    jobs = [(context, names[i % len(names)]) for i, context in enumerate(contexts)]
+
+    def ask(job):
+        context, name = job
+        return call(server.port, "/v1/completions", {"model": name, "prompt": context, "max_tokens": MAX_TOKENS,
+                                                     "beam": BEAM, "temperature": 0.7})
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        answers = list(pool.map(ask, jobs))
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:2]
+    for (context, name), (_, answer) in zip(jobs, answers):
+        directory = None if name == "base" else root / "adapters" / name
+        assert answer["object"] == "text_completion" and answer["model"] == name
+        assert answer["choices"][0]["text"] == expected_text(base, directory, tokenizer, context), (name, context)
+        assert answer["usage"]["total_tokens"] == answer["usage"]["prompt_tokens"] + answer["usage"]["completion_tokens"]
+    status, health = call(server.port, "/health")
+    assert health["batches"] < len(jobs)  # concurrent requests were decoded together
+
+
+def test_models_and_an_adapter_added_at_runtime(served, base, vocab_dir):
+    root, server = served
+    status, listed = call(server.port, "/v1/models")
+    assert status == 200 and [m["id"] for m in listed["data"]] == ["base", "lora", "nola", "nola2"]
+    shutil.copytree(root / "later" / "late", root / "adapters" / "late")
+    status, answer = call(server.port, "/v1/completions", {"model": "late", "prompt": "name : Aromi | food : Thai",
+                                                           "max_tokens": MAX_TOKENS, "beam": BEAM})
+    assert status == 200
+    expected = expected_text(base, root / "adapters" / "late", load_tokenizer(vocab_dir), "name : Aromi | food : Thai")
+    assert answer["choices"][0]["text"] == expected
+    assert "late" in [m["id"] for m in call(server.port, "/v1/models")[1]["data"]]
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    (b"{not json", 400, "invalid request"),
+    ({"model": "lora"}, 400, "prompt"),
+    ({"model": "lora", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": "lora", "prompt": "x", "stream": True}, 400, "stream"),
+    ({"model": "lora", "prompt": "x", "max_tokens": 5000}, 400, "max_tokens"),
+    ({"model": "nope", "prompt": "x"}, 404, "no adapter named 'nope'"),
+])
+def test_bad_requests(served, body, status, fragment):
+    _, server = served
+    got, answer = call(server.port, "/v1/completions", body)
+    assert got == status and fragment in answer["error"]["message"]
+
+
+def test_a_full_queue_answers_503(base, tmp_path, vocab_dir):
+    adapters = save_random_adapters(base, tmp_path / "adapters", {"lora": SERVED["lora"]})
+    server = Server(tmp_path, vocab_dir, adapters, "serve.max_queue=2")
+    try:
+        status, answer = call(server.port, "/v1/completions", {"model": "lora", "prompt": ["a", "b", "c"]})
+        assert status == 503 and "busy" in answer["error"]["message"]
+        assert call(server.port, "/v1/completions", {"model": "lora", "prompt": ["a"], "max_tokens": 2})[0] == 200
+    finally:
+        server.stop()
+
+
+def test_sigterm_drains_in_flight_requests(base, tmp_path, vocab_dir):
+    adapters = save_random_adapters(base, tmp_path / "adapters", {"nola": SERVED["nola"]})
+    server = Server(tmp_path, vocab_dir, adapters, "serve.batch_window_ms=500")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        pending = [pool.submit(call, server.port, "/v1/completions",
+                               {"model": "nola", "prompt": f"name : Zizzi {i}", "max_tokens": 24}) for i in range(4)]
+        time.sleep(0.2)  # the requests are queued, waiting out the batch window
+        server.process.send_signal(signal.SIGTERM)
+        answers = [future.result(timeout=120) for future in pending]
+    assert [status for status, _ in answers] == [200] * 4
+    assert server.process.wait(60) == 0
+    server.log.close()
+    assert os.path.exists(tmp_path / f"server-{server.port}.log")
