@@ -33,7 +33,7 @@ def smoke(tmp_path_factory, vocab_dir, single_thread):
     prepare(["e2e", "webnlg", "dart"], data, mirror=MIRROR, sources=sources_for_mirror(MIRROR, root / "sources.json"),
             progress=False)
     argv = ["--out", str(root / "out"), "--pretrain-examples", "4", "--adapt-examples", "4", "--valid-examples", "2",
-            "--test-contexts", "5", "--methods", ",".join(SMOKE_METHODS), "--seeds", str(len(SEEDS)),
+            "--test-contexts", "5", "--methods", ",".join(SMOKE_METHODS), "--seeds", str(len(SEEDS)), "--workers", "2",
             "~decode", "model=tiny", f"paths.data_dir={data}", f"paths.vocab_dir={vocab_dir}",
             f"paths.runs_dir={root / 'runs'}", f"paths.cache_dir={root / 'cache'}", "train.device=cpu",
             "train.max_steps=2", "train.max_time_s=30", "decode.beam=2", "decode.max_new_tokens=8"]

@@ -31,12 +31,14 @@ import argparse
 import datetime as dt
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ from nola.errors import NolaError, exit_on_user_error
 from nola.export import export_hf_model
 from nola.model import base_fingerprint, load_gpt2
 from nola.bench.machine import native_bf16
-from nola.run import machine_description, run_seeds, train_stage
+from nola.run import machine_description, run, train_stage
 from nola.tables import build_tables, plot_params_vs_bleu
 from nola.tables.groups import RunGroup, group_runs
 from nola.tables.render import BLEU_KEY, LAYOUTS, our_row
@@ -78,16 +80,21 @@ class MiniSettings:
     adapt_examples: E2E training pairs drawn at random (seeded).
     valid_examples: validation pairs per task (validation loss at each epoch end).
     test_contexts: the first E2E test reference groups decoded and scored (all their references);
-        630 is the whole E2E test set, as the papers score it.
+        630 is the whole E2E test set, as the papers score it; the default, the first half, keeps three
+        seeds of five methods within 30 minutes on 2 cores (the intervals show what that costs).
     seeds: seeds per adapted method (train.seed, train.seed + 1, ...); the papers average 3.
+    workers: runs trained, decoded and scored at a time, each in its own process with one torch
+        thread (on 2 cores two 1-thread runs do more work per second than one 2-thread run, and a
+        fixed thread count keeps every run bitwise reproducible); 1: one run at a time, all threads.
     """
 
     pretrain_examples: int = 40000
     pretrain_max_chars: int = 240
-    adapt_examples: int = 4800
+    adapt_examples: int = 3200
     valid_examples: int = 48
-    test_contexts: int = 630
+    test_contexts: int = 315
     seeds: int = 3
+    workers: int = 2
     seed: int = 0
 
 
@@ -101,6 +108,7 @@ class MiniReport:
     loads: list[float] = field(default_factory=list)  # 1-minute load average at the end of every stage
     pretraining: dict[str, Any] = field(default_factory=dict)
     precision_reason: str = ""
+    runs: str = ""  # how the runs were scheduled (workers, threads)
 
     def stage_done(self, name: str, seconds: float) -> None:
         self.stages_s[name] = seconds
@@ -193,19 +201,58 @@ def _count_lines(path: Path) -> int:
     return path.read_text(encoding="utf-8").count("\n")
 
 
+@dataclass(frozen=True)
+class MiniJob:
+    """One run of stages 2–4: a method (or the base) with one seed, in its own run directory."""
+
+    name: str
+    seed: int | None  # None: the base, which trains nothing
+    overrides: tuple[str, ...]
+    run_dir: Path
+    threads: int  # torch threads of the run (fixed, so a rerun computes bit-for-bit the same)
+
+    @property
+    def tag(self) -> str:
+        return f"mini/{self.name}" if self.seed is None else f"mini/{self.name}/seed-{self.seed}"
+
+
+def run_job(job: MiniJob) -> dict[str, Any]:
+    """`nola.run.run` for one job (in this process or a worker process)."""
+    import torch
+
+    torch.set_num_threads(job.threads)
+    keep_freed_memory()
+    extra = () if job.seed is None else (f"train.seed={job.seed}",)
+    cfg = stage_config(job.name, list(job.overrides), *extra)
+    return run(cfg, job.run_dir, experiment=f"mini/{job.name}", tag=job.tag)
+
+
 def adapt_and_score(overrides: list[str], base_dir: Path, data_key: str, methods: tuple[str, ...],
-                    report: MiniReport, seeds: int) -> list[dict[str, Any]]:
-    """Stages 2–4 for the base and every method (`seeds` seeds each): `nola.run.run_seeds` in its own
-    run directory, named by the base's fingerprint and the data recipe so that neither is ever mixed
-    with another. Returns every run's results.json."""
+                    report: MiniReport, settings: MiniSettings) -> list[dict[str, Any]]:
+    """Stages 2–4 for the base and every method with `settings.seeds` seeds (train.seed, + 1, ...),
+    each run in its own directory named by the base's fingerprint and the data recipe (so neither is
+    ever mixed with another), `settings.workers` runs at a time. Returns every run's results.json,
+    in job order whatever order they finish in."""
+    import torch
+
     fingerprint = base_fingerprint(load_gpt2(base_dir))[:12]
-    results = []
-    for name in (BASE_RUN, *methods):
-        started = time.perf_counter()
-        cfg = stage_config(name, overrides, f"model.source={base_dir}", f"seeds={1 if name == BASE_RUN else seeds}")
-        run_dir = Path(cfg.paths.runs_dir) / "mini" / f"base-{fingerprint}-data-{data_key}" / name
-        results += run_seeds(cfg, run_dir, experiment=f"mini/{name}", tag=f"mini/{name}")
-        report.stage_done(name, time.perf_counter() - started)
+    probe = stage_config(BASE_RUN, overrides)
+    root = Path(probe.paths.runs_dir) / "mini" / f"base-{fingerprint}-data-{data_key}"
+    first_seed = int(stage_config(methods[0] if methods else BASE_RUN, overrides).train.seed)
+    shared = (*overrides, f"model.source={base_dir}")
+    threads = 1 if settings.workers > 1 else torch.get_num_threads()
+    jobs = [MiniJob(BASE_RUN, None, shared, root / BASE_RUN, threads)]
+    jobs += [MiniJob(name, seed, shared, root / name / f"seed-{seed}", threads)
+             for name in methods for seed in range(first_seed, first_seed + settings.seeds)]
+    report.runs = f"{settings.workers} at a time, {threads} torch thread{'s' if threads > 1 else ''} each"
+    started = time.perf_counter()
+    if settings.workers == 1:
+        results = [run_job(job) for job in jobs]
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=settings.workers, mp_context=context) as pool:
+            results = list(pool.map(run_job, jobs))
+    report.stage_done("adapt, decode, score", time.perf_counter() - started)
     return results
 
 
@@ -284,7 +331,8 @@ def render_report(results: list[dict[str, Any]], report: MiniReport, settings: M
         f"- load average (1/5/15 min) at start {_load(report.load_before)}, at end {_load(load_after)}; "
         f"1-min load at the end of each stage {min(report.loads):.1f}–{max(report.loads):.1f} "
         f"(a load above {os.cpu_count()} means other processes shared the {os.cpu_count()} cores)",
-        f"- stage wall times: {', '.join(f'{name} {seconds / 60:.1f} min' for name, seconds in report.stages_s.items())}",
+        f"- stage wall times: {', '.join(f'{name} {seconds / 60:.1f} min' for name, seconds in report.stages_s.items())}"
+        f" (runs: {report.runs})",
         f"- total wall time: {total / 60:.1f} min (data preparation included when started by scripts/mini.sh)",
         f"- base: GPT-2 `{pre.get('model')}` pretrained from random init on {pre.get('examples')} DART+WebNLG "
         f"pairs: {pre.get('steps')} of {pre.get('total_steps')} steps ({pre.get('stop_reason')}), "
@@ -349,8 +397,9 @@ def run_mini(settings: MiniSettings, overrides: list[str], out_dir: Path, starte
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise NolaError(f"unknown mini method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    if settings.seeds < 1:
-        raise NolaError(f"--seeds={settings.seeds} must be at least 1")
+    for key in ("seeds", "workers"):
+        if getattr(settings, key) < 1:
+            raise NolaError(f"--{key}={getattr(settings, key)} must be at least 1")
     report = MiniReport(started=started or time.time(), load_before=os.getloadavg())
     precision = training_precision(overrides)
     report.precision_reason = ("bf16 autocast: this device computes bfloat16 natively" if precision == "bf16" else
@@ -364,7 +413,7 @@ def run_mini(settings: MiniSettings, overrides: list[str], out_dir: Path, starte
     clock = time.perf_counter()
     base_dir, report.pretraining = pretrain_base(overrides, data_key)
     report.stage_done("pretrain", time.perf_counter() - clock)
-    results = adapt_and_score(overrides, base_dir, data_key, tuple(methods), report, settings.seeds)
+    results = adapt_and_score(overrides, base_dir, data_key, tuple(methods), report, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "mini.md", render_report(results, report, settings))
     plot_params_vs_bleu(results, None, out_dir / "mini_params_vs_bleu.png")
@@ -377,7 +426,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--out", default="eval/results", help="where mini.md and the figure go")
     parser.add_argument("--started-at", type=float, default=None, help="epoch seconds the whole job started")
     for name in ("pretrain_examples", "pretrain_max_chars", "adapt_examples", "valid_examples", "test_contexts", "seeds",
-                 "seed"):
+                 "workers", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated adapted models to run besides the un-adapted base (default: all of {','.join(METHODS)})")
