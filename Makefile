@@ -51,6 +51,9 @@ tables: setup ## regenerate the paper tables and figure from every results.json
 mini: setup ## offline mini reproduction on CPU (< 30 min): pretrain, adapt, decode, score, table
 	bash scripts/mini.sh $(if $(DATA_MIRROR),DATA_MIRROR=$(DATA_MIRROR))
 
+mini-mixed: setup ## after `make mini`: NOLA adapters for E2E, WebNLG, DART decoded in one mixed batch -> eval/results/mini_mixed.md
+	$(PY) -m nola.mini_mixed
+
 bench: setup ## speed/memory benchmarks -> eval/results/bench.{json,md}
 	$(PY) -m nola.bench
 
@@ -58,4 +61,4 @@ clean: ## remove caches and build outputs (keeps data/ and runs/)
 	rm -rf .pytest_cache src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help setup test test-fast data e2e-nola e2e-lora e2e-ft dart-nola dart-lora webnlg-nola webnlg-lora tables mini bench clean
+.PHONY: help setup test test-fast data e2e-nola e2e-lora e2e-ft dart-nola dart-lora webnlg-nola webnlg-lora tables mini mini-mixed bench clean

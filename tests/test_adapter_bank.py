@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 
 import pytest
 
@@ -78,3 +79,56 @@ def test_an_adapter_for_another_base_is_refused_naming_its_directory(base, saved
         bank.add("y", tmp_path / "missing")
     with pytest.raises(NolaError, match="needs a model with an adapter bank"):
         search(base, [[1, 2]], SearchSettings(beam=1, max_new_tokens=2), adapters=["x"])
+
+
+def test_a_manifest_decodes_several_tasks_in_one_mixed_run(base, saved, tmp_path, vocab_dir, monkeypatch):
+    """`decode.manifest`: each entry's hypotheses equal that task's single-adapter decode."""
+    import nola.run as pipeline
+    from nola.config import compose_config
+    from nola.data import Example
+    from nola.data.records import split_path, write_examples
+    from nola.data.references import group_references, write_reference_files
+    from nola.decode.cli import decode_from_config
+    from nola.decode.mixed import decode_manifest
+    from train_support import synthetic_examples
+
+    data = tmp_path / "data"
+    for task, seed in (("e2e", 1), ("dart", 2)):
+        examples = [Example(**row) for row in synthetic_examples(6, seed)]
+        write_examples(split_path(data, task, "test"), examples)
+        write_reference_files(data, task, "test", group_references(examples))
+    manifest = tmp_path / "mixed.yaml"
+    manifest.write_text(f"- {{name: e2e, task: e2e, split: test, adapter_dir: {saved / 'lora_qv'}}}\n"
+                        f"- {{name: dart, task: dart, split: test, adapter_dir: {saved / 'nola_a'}}}\n"
+                        "- {name: plain, task: e2e, split: test, adapter_dir: null}\n")
+    monkeypatch.setattr(pipeline, "score", lambda task, groups, hypotheses: {"task": task, "n": len(hypotheses)})
+    common = ["model=tiny", "model.source=random", f"paths.data_dir={data}", f"paths.vocab_dir={vocab_dir}",
+              f"paths.runs_dir={tmp_path}/runs", "train.device=cpu", "decode.beam=3", "decode.max_new_tokens=6"]
+    summary = decode_manifest(compose_config([*common, f"decode.manifest={manifest}"]), tmp_path / "mixed")
+    assert {name: entry["metrics"] for name, entry in summary["entries"].items()} == {
+        "e2e": {"task": "e2e", "n": 6}, "dart": {"task": "dart", "n": 6}, "plain": {"task": "e2e", "n": 6}}
+    for name, task, adapter in (("e2e", "e2e", saved / "lora_qv"), ("dart", "dart", saved / "nola_a"),
+                                ("plain", "e2e", None)):
+        single = compose_config([*common, f"task={task}", f"decode={task}", "decode.beam=3", "decode.max_new_tokens=6",
+                                 f"decode.out_dir={tmp_path / 'single' / name}",
+                                 "adapter=none", *([f"decode.adapter_dir={adapter}"] if adapter else [])])
+        decode_from_config(single, tmp_path / "single" / name)
+        assert (tmp_path / "mixed" / name / "test_hypotheses.txt").read_text() == \
+            (tmp_path / "single" / name / "test_hypotheses.txt").read_text()
+        assert (tmp_path / "mixed" / name / "scores.json").is_file()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[]", "non-empty list of entries"),
+    ("- {name: a, task: e2e, split: test, adapter_dir: null, extra: 1}", "unknown key 'extra'"),
+    ("- {name: a, task: nope, adapter_dir: null}", "key 'task' is 'nope'"),
+    ("- {name: a, task: e2e, adapter_dir: /nonexistent}", "holds no adapter_config.json"),
+    ("- {name: a, task: e2e, adapter_dir: null}\n- {name: a, task: dart, adapter_dir: null}", "unique"),
+])
+def test_bad_manifests_are_named(tmp_path, text, message):
+    from nola.decode.mixed import read_manifest
+
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    with pytest.raises(NolaError, match=re.escape(message)):
+        read_manifest(path, tmp_path)

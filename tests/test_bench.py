@@ -21,7 +21,7 @@ from nola.errors import NolaError
 from nola.model import GPT2, GPT2Config
 
 MIB = 2**20
-QUICK_SECTIONS = ["adapter_step", "training", "decode", "gpu"]
+QUICK_SECTIONS = ["adapter_step", "training", "decode", "multi_adapter", "gpu"]
 
 
 def test_tracker_counts_allocations_and_frees_but_not_views():
@@ -162,7 +162,7 @@ def test_quick_gpu_section_records_why_it_was_skipped(quick_run):
 
 def test_markdown_has_the_goals_and_every_section(quick_run):
     text = (quick_run / "bench.md").read_text()
-    for heading in ["## Goals", "## adapter_step", "## training", "## decode", "## gpu"]:
+    for heading in ["## Goals", "## adapter_step", "## training", "## decode", "## multi_adapter", "## gpu"]:
         assert heading in text
     assert "nola_reference" in text and "tokens/s" in text
 
@@ -196,3 +196,26 @@ def test_bad_arguments_and_files_give_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--merge-from", str(tmp_path / "missing.json"), "--results-dir", str(tmp_path)])
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_quick_multi_adapter_section_times_three_ways_and_shares_bases(quick_run):
+    result = read_report(quick_run / "bench.json")["sections"]["multi_adapter"]["result"]["throughput"]
+    assert set(result["contenders"]) == {"mixed", "merged", "naive"}
+    # every adapter decodes the same number of tokens per prompt here (no eos in the way of a random model)
+    assert len({row["generated_tokens"] for row in result["contenders"].values()}) == 1
+    assert result["bases"] == 4  # reference init: q-A, q-B, v-A, v-B, shared by every layer and adapter
+    # resident per adapter: its coefficients only, 2 layers x q, v x (32 + 32) float32
+    assert result["adapter_resident_bytes"] == 2 * 2 * 64 * 4
+    assert result["bank_resident_bytes"] == result["adapters"] * result["adapter_resident_bytes"]
+    assert result["mixed_over_merged"] == pytest.approx(
+        result["contenders"]["mixed"]["tokens_per_s"] / result["contenders"]["merged"]["tokens_per_s"])
+
+
+def test_server_load_bench_answers_every_request(vocab_dir):
+    from nola.bench.multi_adapter import bench_server_load
+
+    result = bench_server_load(quick=True, vocab_dir=vocab_dir)
+    assert result["errors"] == 0 and result["requests"] == 8 and result["requests_per_s"] > 0
+    assert 0 < result["p50_s"] <= result["p99_s"] and 1 <= result["decode_batches"] <= 8
+    assert bench_server_load(quick=True, vocab_dir=vocab_dir.parent / "none") == {
+        "skipped": f"no GPT-2 vocabulary at {vocab_dir.parent / 'none'} (make data)"}

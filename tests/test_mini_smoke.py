@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 from safetensors.torch import load_file
@@ -139,3 +140,18 @@ def test_decode_bench_races_generate_on_the_pretrained_base_and_real_prompts(smo
     assert all(row["generated_tokens"] > 0 for row in result["contenders"].values())
     missing = bench_trained_decode(repeats=1, warmup=0, model_dir=tmp_path / "none", data_dir=root / "data")
     assert missing == {"skipped": f"no trained model at {tmp_path / 'none'} (run `make mini` first)"}
+
+
+def test_mixed_demo_decodes_three_tasks_in_one_batch_as_each_alone(smoke):
+    """`python -m nola.mini_mixed` on the smoke's base: three NOLA adapters (E2E, WebNLG, DART), one
+    mixed decode, each task's hypotheses byte-identical to its single-task decode."""
+    from nola.mini_mixed import main as mixed_main
+
+    root, argv = smoke
+    overrides = argv[argv.index("~decode") + 1:]
+    mixed_main(["--out", str(root / "out"), "--train-examples", "4", "--valid-examples", "2", "--test-contexts", "3",
+                *overrides])
+    report = (root / "out" / "mini_mixed.md").read_text(encoding="utf-8")
+    for task in ("e2e", "webnlg", "dart"):
+        assert re.search(rf"\| {task} \| [1-3] \| yes, byte for byte \|", report), task  # the fixture's DART test has 2
+        assert (root / "runs" / "mini_mixed" / "mixed" / task / "scores.json").is_file()

@@ -139,7 +139,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> AdapterConfig:
     document, config = open_adapter(directory, model.config, fingerprint_of(model))
     config_path = directory / CONFIG_FILE
     current = getattr(model, "adapter_config", None)
-    if current is None:
+    if current is None or current.kind == "none":  # a bare base takes the saved adapter's configuration
         inject_adapters(model, config)
     elif current.kind == config.kind == "nola" and current.init != config.init:
         raise NolaError(

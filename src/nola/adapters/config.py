@@ -37,8 +37,9 @@ MODULE_PATHS = {  # config name -> path inside a transformer block
     "mlp.c_fc": "mlp.c_fc",
     "mlp.c_proj": "mlp.c_proj",
 }
-# Fields that change what the adapter tensors are; the rest (dropout, caching, quantization) do not.
-STRUCTURAL_FIELDS = ("kind", "rank", "alpha", "targets", "modules", "num_basis_a", "num_basis_b", "base_seed", "init")
+# Fields that change what the adapter tensors are; the rest (dropout, caching, quantization) do not,
+# nor does base_seed: it seeds a new adapter's init and bases, and a saved adapter brings its own seeds.
+STRUCTURAL_FIELDS = ("kind", "rank", "alpha", "targets", "modules", "num_basis_a", "num_basis_b", "init")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from nola.errors import NolaError
 def inject_adapters(model: nn.Module, config: AdapterConfig | Any) -> None:
     """Adapt `model` in place as `config` says and freeze everything that is not trained."""
     config = replace(as_adapter_config(config))
-    if getattr(model, "adapter_config", None) is not None:
+    if getattr(getattr(model, "adapter_config", None), "kind", "none") != "none":
         raise NolaError("the model already has adapters; build a fresh model to inject another configuration")
     if config.kind in ("lora", "nola"):
         shared: dict[str, FrozenBasis] = {}

@@ -14,7 +14,7 @@ from nola.fileio import write_json_atomic, write_text_atomic
 from nola.errors import NolaError
 
 SCHEMA = 1
-SECTION_ORDER = ("adapter_step", "training", "decode", "gpu")
+SECTION_ORDER = ("adapter_step", "training", "decode", "multi_adapter", "gpu")
 MIB = 2**20
 
 
@@ -86,6 +86,17 @@ def goals(sections: dict) -> list[dict]:
         trained = decode.get("trained", {})
         if trained.get("speedup") is not None:
             found.append(_goal("the same, trained mini base on real E2E prompts", trained["speedup"], 3, True))
+    many = _result(sections, "multi_adapter")
+    if many:
+        throughput = many["throughput"]
+        where = f"{throughput['adapters']:,} adapters resident, {throughput['prompts']} prompts"
+        found.append(_goal(f"mixed batch (an adapter per prompt) / one merged adapter, tokens/s ({where})",
+                           throughput["mixed_over_merged"], 0.8, True))
+        found.append(_goal(f"mixed batch / merge-decode-unmerge per adapter, tokens/s ({where})",
+                           throughput["mixed_over_naive"], 5, True))
+        server = many.get("server", {})
+        if "errors" in server:
+            found.append(_goal("server load test: failed requests", server["errors"], 0, False))
     gpu = _result(sections, "gpu")
     if gpu:
         device = gpu["machine"]["device_name"]
@@ -270,4 +281,28 @@ def _gpu(result: dict) -> list[str]:
     return lines + [""]
 
 
-RENDERERS = {"adapter_step": _adapter_step, "training": _training, "decode": _decode, "gpu": _gpu}
+def _multi_adapter(result: dict) -> list[str]:
+    t = result["throughput"]
+    lines = [f"{t['model']}: {t['adapters']:,} NOLA adapters (rank {t['adapter']['rank']}, "
+             f"{t['adapter']['num_basis_a']}+{t['adapter']['num_basis_b']} bases, q,v) saved and loaded into one "
+             f"bank ({t['save_s']:.1f} s to save, {t['load_s']:.1f} s to load), sharing {t['bases']} bases "
+             f"({t['shared_basis_bytes'] / MIB:.1f} MiB). Per adapter: {t['adapter_file_bytes']:,} bytes on disk, "
+             f"{t['adapter_resident_bytes']:,} resident ({t['bank_resident_bytes'] / MIB:.1f} MiB for all). "
+             f"{t['prompts']} prompts, beam {t['beam']}, {t['max_new_tokens']} new tokens, {t['threads']} threads; "
+             "mixed = one batch with a different adapter per prompt (factors materialised cold inside the timing), "
+             "merged = the same batch with one adapter merged, naive = load + merge + decode + unmerge per prompt.",
+             "", *_decoder_rows(t["contenders"]), "",
+             f"- mixed / merged tokens/s: ×{_num(t['mixed_over_merged'])}; mixed / naive: ×{_num(t['mixed_over_naive'])}",
+             ""]
+    server = result.get("server", {})
+    if "skipped" in server:
+        return lines + [f"server load test skipped: {server['skipped']}", ""]
+    return lines + [
+        f"Server load test ({server['model']}, {server['adapters']} adapters + base, 127.0.0.1): {server['clients']} "
+        f"concurrent clients, {server['requests']} requests of {server['max_tokens']} tokens at beam {server['beam']}: "
+        f"{server['requests_per_s']:.1f} requests/s, p50 {server['p50_s'] * 1e3:.0f} ms, p99 {server['p99_s'] * 1e3:.0f} "
+        f"ms, {server['errors']} errors, {server['decode_batches']} decode batches.", ""]
+
+
+RENDERERS = {"adapter_step": _adapter_step, "training": _training, "decode": _decode,
+             "multi_adapter": _multi_adapter, "gpu": _gpu}
