@@ -43,6 +43,7 @@ from nola.model import GPT2, GPT2Config, init_gpt2, to_hf_state_dict
 from nola.model import hf_config_dict
 
 FLOOR = "vocab projection floor"
+EXACT = "transformers exact (early_stopping=never)"
 TRAINED_BASE = Path(".cache/mini-base")  # written by `make mini` (nola.mini)
 PAPER = {key: value for key, value in asdict(PAPER_SETTINGS).items() if key != "eos_ids"}
 EOS_IDS = PAPER_SETTINGS.eos_ids
@@ -99,16 +100,21 @@ def race(ours: GPT2, hf, token_ids: list[list[int]], settings: dict, *, repeats:
         outputs = beam_search(ours, token_ids, eos_ids=EOS_IDS, batch_size=len(token_ids), **settings)
         generated["ours"] = sum(len(tokens) for tokens in outputs)
 
-    def run_hf() -> None:
-        with torch.inference_mode():
-            outputs = hf.generate(
-                input_ids=input_ids, attention_mask=attention_mask, do_sample=False, num_beams=settings["beam"],
-                length_penalty=settings["length_penalty"], no_repeat_ngram_size=settings["no_repeat_ngram_size"],
-                max_new_tokens=new_tokens, eos_token_id=list(EOS_IDS), pad_token_id=EOS_IDS[0],
-            )
-        generated["transformers"] = count_generated(outputs[:, input_ids.shape[1]:])
+    def hf_runner(name: str, **stopping) -> Callable[[], None]:
+        def run_hf() -> None:
+            with torch.inference_mode():
+                outputs = hf.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, do_sample=False, num_beams=settings["beam"],
+                    length_penalty=settings["length_penalty"], no_repeat_ngram_size=settings["no_repeat_ngram_size"],
+                    max_new_tokens=new_tokens, eos_token_id=list(EOS_IDS), pad_token_id=EOS_IDS[0], **stopping,
+                )
+            generated[name] = count_generated(outputs[:, input_ids.shape[1]:])
+        return run_hf
 
-    runs = {"ours": run_ours, "transformers": run_hf, **({FLOOR: floor} if floor else {})}
+    # transformers' default stops an input on its heuristic (returns other hypotheses than LoRA's search);
+    # early_stopping="never" stops only when no live beam can still win, as LoRA's search does
+    runs = {"ours": run_ours, "transformers": hf_runner("transformers"),
+            EXACT: hf_runner(EXACT, early_stopping="never"), **({FLOOR: floor} if floor else {})}
     samples = time_alternating(runs, repeats=repeats, warmup=warmup, desc="decode bench")
     floor_s = summarize(samples.pop(FLOOR)) if floor else None
     contenders = {}
@@ -126,6 +132,8 @@ def race(ours: GPT2, hf, token_ids: list[list[int]], settings: dict, *, repeats:
         "contenders": contenders,
         "every_search_ran_to_max_new_tokens": all(generated[name] == count * new_tokens for name in generated),
         "speedup": ratio(contenders["ours"]["tokens_per_s"], contenders["transformers"]["tokens_per_s"]),
+        # both run the same exact search on the same prompts: the ratio of their times
+        "speedup_over_exact": ratio(contenders[EXACT]["median_s"], contenders["ours"]["median_s"]),
         "time_ratio_transformers_over_ours": ratio(contenders["transformers"]["median_s"],
                                                    contenders["ours"]["median_s"]),
         **({"floor": floor_s} if floor else {}),
