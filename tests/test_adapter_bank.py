@@ -30,6 +30,7 @@ def saved(base, tmp_path_factory):
     return save_random_adapters(base, tmp_path_factory.mktemp("adapters"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beam", [1, 4])
 def test_mixed_batch_equals_each_prompt_alone_with_its_adapter_merged(base, saved, beam):
     rng = random.Random(beam)
@@ -61,10 +62,10 @@ def test_shared_bases_are_held_once_and_the_cache_is_bounded(base, saved):
         bank.add(name, saved / name)
     bank.factors(["nola_a", "nola_b"])
     # reference init: q-A, q-B, v-A, v-B bases shared by every layer, and by both adapters
-    assert len(bank._bases) == 4
+    assert bank.shared_bases == 4
     assert bank.cached_bytes > 0  # the batch in use stays even above the bound ...
     bank.factors(["nola_a"])
-    assert list(bank._cache) == ["nola_a"]  # ... and the least recently used one goes once it is not needed
+    assert bank.cached_names == ["nola_a"]  # ... and the least recently used one goes once it is not needed
     assert bank.adapters["nola_a"].resident_bytes == 2 * 2 * 2 * 16 * 4  # 2 layers, q and v, k + l coefficients
     with pytest.raises(UnknownAdapter, match="no adapter named 'nope'"):
         bank.factors(["nope"])

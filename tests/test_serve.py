@@ -24,6 +24,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
+pytestmark = pytest.mark.slow  # every test starts a server process (about 40 s in all)
 
 from nola.decode.beam import search  # noqa: E402
 from nola.decode.config import SearchSettings  # noqa: E402
@@ -183,3 +184,20 @@ def test_sigterm_drains_in_flight_requests(base, tmp_path, vocab_dir):
     assert server.process.wait(60) == 0
     server.log.close()
     assert os.path.exists(tmp_path / f"server-{server.port}.log")
+
+
+def test_token_id_prompts_and_prompt_lists(served, base, vocab_dir):
+    _, server = served
+    tokenizer = load_tokenizer(vocab_dir)
+    contexts = ["name : Aromi | food : Thai", "name : Zizzi | area : riverside"]
+    status, texts = call(server.port, "/v1/completions", {"model": "nola", "prompt": contexts, "max_tokens": MAX_TOKENS,
+                                                          "beam": BEAM})
+    ids = context_prompts(tokenizer, contexts)
+    status_ids, by_ids = call(server.port, "/v1/completions", {"model": "nola", "prompt": ids, "max_tokens": MAX_TOKENS,
+                                                               "beam": BEAM})
+    assert status == status_ids == 200 and [c["index"] for c in texts["choices"]] == [0, 1]
+    assert [c["text"] for c in texts["choices"]] == [c["text"] for c in by_ids["choices"]]
+    status_one, one = call(server.port, "/v1/completions", {"model": "nola", "prompt": ids[1], "max_tokens": MAX_TOKENS,
+                                                            "beam": BEAM})
+    assert status_one == 200 and one["choices"][0]["text"] == texts["choices"][1]["text"]
+    assert call(server.port, "/v1/completions", {"model": "nola", "prompt": [10**6]})[0] == 400

@@ -61,7 +61,7 @@ from nola.tables import build_tables, plot_params_vs_bleu
 from nola.tables.groups import RunGroup, group_runs
 from nola.tables.render import BLEU_KEY, LAYOUTS, our_row
 from nola.tables.schema import PAPER_SCALE, metric_name
-from nola.training.distributed import init_distributed
+from nola.training.distributed import pick_device
 
 METHODS = ("ft", "lora", "lora_r1", "nola_k32", "nola_k16")
 BASE_RUN = "base"
@@ -135,8 +135,7 @@ def training_precision(choice: str, overrides: list[str]) -> tuple[str, str]:
     device computes bfloat16 natively (`native_bf16`: detected, never assumed), else fp32."""
     if choice != "auto":
         return choice, f"--precision {choice}"
-    probe = stage_config("pretrain", overrides)
-    device = init_distributed(str(probe.train.device), probe.train.dist_timeout_s).device
+    device = pick_device(str(stage_config("pretrain", overrides).train.device))
     if native_bf16(device):
         return "bf16", "--precision auto: this device computes bfloat16 natively"
     return "fp32", "--precision auto: this device has no native bfloat16"

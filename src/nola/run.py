@@ -118,12 +118,14 @@ def select_epoch(cfg: DictConfig, run_dir: Path, final_adapter: Path | None,
     layout = RunLayout(run_dir)
     saved = sorted({int(v["epoch"]) for v in training.get("valid", [])} | _saved_epochs(layout))
     candidates = [epoch for epoch in saved if (layout.epoch_adapter(epoch) / WEIGHTS_FILE).is_file()]
+    losses = {int(v["epoch"]): float(v["loss"]) for v in training.get("valid", [])}
+    if by == "valid_loss":
+        candidates = [epoch for epoch in candidates if epoch in losses]
     if by == "last" or not candidates:
         return final_adapter, {"by": "last", "epoch": training.get("epochs_completed"), "candidates": {},
                                "adapter_dir": str(final_adapter)}
     if by == "valid_loss":
-        losses = {int(v["epoch"]): float(v["loss"]) for v in training.get("valid", [])}
-        values = {epoch: losses[epoch] for epoch in candidates if epoch in losses}
+        values = {epoch: losses[epoch] for epoch in candidates}
         chosen = min(values, key=lambda epoch: (values[epoch], epoch))
     else:
         if read_environment(os.environ)[0] > 1:

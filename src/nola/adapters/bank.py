@@ -332,6 +332,21 @@ class AdapterBank:
     def cached_bytes(self) -> int:
         return self._cached_bytes
 
+    def clear_cache(self) -> None:
+        """Drop every materialised factor (coefficients and shared bases stay)."""
+        with self._lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
+    @property
+    def cached_names(self) -> list[str]:
+        """Adapters whose factors are materialised, least recently used first."""
+        return list(self._cache)
+
+    @property
+    def shared_bases(self) -> int:
+        return len(self._bases)
+
     # ----------------------------------------------------------------- routing
     @contextmanager
     def routing(self, names: Sequence[str | None]) -> Iterator[Routes]:

@@ -94,8 +94,7 @@ def bench_many_adapters(*, quick: bool = False, adapters: int | None = None, pro
         tokens: dict[str, int] = {}
 
         def run_mixed():
-            bank._cache.clear()  # cold: every adapter's factors are materialised inside the call
-            bank._cached_bytes = 0
+            bank.clear_cache()  # cold: every adapter's factors are materialised inside the call
             found = search(routed, token_ids, search_settings, batch_size=n_prompts, adapters=chosen)
             tokens["mixed"] = sum(len(h.tokens) for h in found)
 
@@ -124,7 +123,7 @@ def bench_many_adapters(*, quick: bool = False, adapters: int | None = None, pro
         "beam": search_settings.beam, "max_new_tokens": search_settings.max_new_tokens,
         "threads": torch.get_num_threads(),
         "adapter_file_bytes": one.file_bytes, "adapter_resident_bytes": one.resident_bytes,
-        "shared_basis_bytes": bank.basis_bytes, "bases": len(bank._bases),
+        "shared_basis_bytes": bank.basis_bytes, "bases": bank.shared_bases,
         "bank_resident_bytes": sum(a.resident_bytes for a in bank.adapters.values()),
         "save_s": save_s, "load_s": load_s, "contenders": contenders,
         "mixed_over_merged": ratio(contenders["mixed"]["tokens_per_s"], contenders["merged"]["tokens_per_s"]),

@@ -18,6 +18,7 @@ and `.jsonl` (the single-task files) plus `scores.json`: the task's official-equ
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from nola.decode.hypotheses import decode_split, write_hypotheses
 from nola.errors import NolaError
 from nola.fileio import ensure_writable_dir, write_json_atomic
 from nola.tables.schema import TASKS
+from nola.training.distributed import pick_device, read_environment
 
 SCORES_NAME = "scores.json"
 ENTRY_KEYS = {"name", "task", "split", "adapter_dir", "data_dir"}
@@ -96,7 +98,9 @@ def decode_manifest(cfg, out_dir: str | Path) -> dict[str, Any]:
         ensure_writable_dir(out_dir / entry.name, what="decode.out_dir")
     groups = {entry.name: load_reference_groups(entry.data_dir, entry.task, entry.split) for entry in entries}
     base_cfg = OmegaConf.merge(cfg, {"adapter": {"kind": "none"}})
-    built = build_model(base_cfg, for_training=False, device=cfg.train.device if cfg.train.device != "auto" else "cpu")
+    if read_environment(os.environ)[0] > 1:
+        raise NolaError("decode.manifest decodes in one process; run it without torchrun")
+    built = build_model(base_cfg, for_training=False, device=pick_device(str(cfg.train.device)))
     bank = AdapterBank(built.model, built.base_fingerprint)
     for entry in entries:
         if entry.adapter_dir is not None:

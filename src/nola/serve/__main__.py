@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nola.allocator import keep_freed_memory
@@ -36,6 +35,7 @@ def build_server(cfg: DictConfig):
                         'pip install -e ".[serve]"') from None
     from nola.adapters.bank import AdapterBank
     from nola.build import build_model
+    from nola.training.distributed import pick_device
 
     typed = typed_config(cfg)
     serve_cfg = typed.serve
@@ -43,7 +43,7 @@ def build_server(cfg: DictConfig):
         raise NolaError(f"serve.adapters_dir={serve_cfg.adapters_dir}: no such directory; create it (adapters can "
                         "be added to it while the server runs)")
     base_cfg = OmegaConf.merge(cfg, {"adapter": {"kind": "none"}})
-    device = typed.train.device if typed.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(typed.train.device)
     built = build_model(base_cfg, for_training=False, device=device)
     bank = AdapterBank(built.model, built.base_fingerprint, cache_bytes=int(serve_cfg.cache_mb * 2**20))
     catalog = AdapterCatalog(bank, serve_cfg.adapters_dir, serve_cfg.rescan_s)

@@ -1,8 +1,9 @@
 """The completions server: an OpenAI-compatible FastAPI app over one base and an adapter bank.
 
 - `POST /v1/completions`: `model` names the adapter (a subdirectory of serve.adapters_dir, or
-  `base` for the model alone), `prompt` is a data-to-text context (as in `<split>_contexts.txt`) or
-  a list of them, `max_tokens` bounds the generated tokens (default 64). The search is the papers'
+  `base` for the model alone), `prompt` is a data-to-text context (as in `<split>_contexts.txt`),
+  a list of them, or token ids (a list, or a list of lists), `max_tokens` bounds the generated
+  tokens (default 64). The search is the papers'
   (`nola.decode.config.PAPER_SETTINGS`: beam 10, length penalty 0.8, no repeated 4-grams); the extra
   fields `beam`, `length_penalty`, `no_repeat_ngram_size` and `repetition_penalty` change it.
   Each choice's `text` is the hypothesis as `python -m nola.decode` writes it, so the server and
@@ -49,7 +50,7 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1)
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int = Field(default=PAPER_SETTINGS.max_new_tokens, ge=1)
     beam: int = Field(default=PAPER_SETTINGS.beam, ge=1)
     length_penalty: float = PAPER_SETTINGS.length_penalty
@@ -236,16 +237,16 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
         if body.n != 1:
             raise ApiError(400, "n must be 1: beam search returns one best hypothesis per prompt",
                            "invalid_request_error", "n")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        prompts = prompt_list(body.prompt)
         if not prompts or len(prompts) > int(serve_cfg.max_prompts_per_request):
-            raise ApiError(400, f"prompt must hold 1 to {serve_cfg.max_prompts_per_request} texts",
+            raise ApiError(400, f"prompt must hold 1 to {serve_cfg.max_prompts_per_request} prompts",
                            "invalid_request_error", "prompt")
         adapter = _adapter_name(body.model, catalog)
         try:
             settings = SearchSettings(beam=body.beam, length_penalty=body.length_penalty,
                                       no_repeat_ngram_size=body.no_repeat_ngram_size,
                                       repetition_penalty=body.repetition_penalty, max_new_tokens=body.max_tokens)
-            ids = context_prompts(tokenizer, prompts)
+            ids = [context_prompts(tokenizer, [prompt])[0] if isinstance(prompt, str) else prompt for prompt in prompts]
             check_inputs(model.config, ids, settings, 1)
         except NolaError as err:
             raise ApiError(400, str(err).replace("decode.max_new_tokens", "max_tokens"), "invalid_request_error") from None
@@ -266,6 +267,18 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
                           "total_tokens": prompt_tokens + completion_tokens}}
 
     return app
+
+
+def prompt_list(prompt) -> list[str | list[int]]:
+    """OpenAI's prompt forms as a list of prompts: a text, texts, a token-id list, token-id lists.
+
+    A text is a data-to-text context and gets the training prompt's layout (context tokens + bos,
+    `context_prompts`); token ids are used as they are."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(item, int) for item in prompt):
+        return [list(prompt)]
+    return list(prompt)
 
 
 def _adapter_name(model: str, catalog: AdapterCatalog) -> str | None:

@@ -11,6 +11,7 @@ switch) and written atomically.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,31 @@ def _frozen_bases(results: list[dict[str, Any]]) -> dict[str, list[tuple[str, fl
     return floors
 
 
+LABEL_STEP = 9.0  # points between stacked labels (6-point text)
+
+
+def label_offsets(points: list[Point]) -> list[tuple[float, float]]:
+    """Label offsets (points) that keep labels of nearby points apart: points close in log-parameters
+    (within 1.2 decades: a label is wider than a decade) get their labels stacked in BLEU order, one `LABEL_STEP` apart."""
+    order = sorted(range(len(points)), key=lambda i: (points[i].params, points[i].bleu))
+    offsets: list[tuple[float, float]] = [(8.0, 0.0)] * len(points)
+    cluster: list[int] = []
+
+    def place(members: list[int]) -> None:
+        ranked = sorted(members, key=lambda i: points[i].bleu)
+        for rank, index in enumerate(ranked):
+            offsets[index] = (8.0, (rank - (len(ranked) - 1) / 2) * LABEL_STEP * 1.6)
+
+    for index in order:
+        if cluster and math.log10(points[index].params) - math.log10(points[cluster[0]].params) > 1.2:
+            place(cluster)
+            cluster = []
+        cluster.append(index)
+    if cluster:
+        place(cluster)
+    return offsets
+
+
 def plot_params_vs_bleu(results: list[dict[str, Any]], published: Published | None, path: str | Path) -> None:
     """Write the PNG scatter of trainable parameters against BLEU to `path` (atomically)."""
     results = validate_results(results)
@@ -96,8 +122,10 @@ def plot_params_vs_bleu(results: list[dict[str, Any]], published: Published | No
                 if point.error is not None:
                     axes.errorbar([point.params], [point.bleu], yerr=[[point.error[0]], [point.error[1]]], fmt="none",
                                   ecolor=colour[point.model], elinewidth=1, capsize=3, zorder=2)
-                axes.annotate(point.label, (point.params, point.bleu), xytext=(5, 3), textcoords="offset points",
-                              fontsize=6, color=colour[point.model])
+            for point, offset in zip(found, label_offsets(found)):
+                axes.annotate(point.label, (point.params, point.bleu), xytext=offset, textcoords="offset points",
+                              fontsize=6, color=colour[point.model], va="center",
+                              arrowprops={"arrowstyle": "-", "linewidth": 0.4, "color": colour[point.model]})
             for model, bleu in floors.get(task, []):
                 axes.axhline(bleu, linestyle="--", linewidth=1, color=colour.get(model, "black"), zorder=1)
             axes.set_xscale("log")

@@ -86,7 +86,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistCont
     minutes); then, or when the rendezvous address cannot be reached, a NolaError says so.
     """
     world_size, rank, local_rank = read_environment(os.environ)
-    chosen = _pick_device(device, local_rank)
+    chosen = pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if chosen.type == "cuda" else "gloo"
         if chosen.type == "cuda":
@@ -109,7 +109,8 @@ def shutdown_distributed(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def _pick_device(device: str, local_rank: int) -> torch.device:
+def pick_device(device: str, local_rank: int = 0) -> torch.device:
+    """`train.device` as a torch device: auto = this process's CUDA device when there is one, else cpu."""
     if device == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     chosen = torch.device(device)
