@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from nola.adapters import inject_adapters, load_adapter, merge_adapters, save_adapter, unmerge_adapters
+from nola.adapters import adapted_layers, inject_adapters, load_adapter, merge_adapters, save_adapter, unmerge_adapters
 from nola.adapters.bank import AdapterBank
 from nola.adapters.config import AdapterConfig
 from nola.bench.decode import make_prompts
@@ -91,6 +91,9 @@ def bench_many_adapters(*, quick: bool = False, adapters: int | None = None, pro
         merge_adapters(merged)
         naive = copy.deepcopy(base)
         inject_adapters(naive, AdapterConfig(**settings_dict))
+        # unmerging subtracts what merging added, up to rounding; restoring the saved base weights after
+        # it keeps the base exact (and its fingerprint, which load_adapter checks) across adapters
+        pristine = {name: layer.base_layer.weight.detach().clone() for name, layer in adapted_layers(naive)}
         tokens: dict[str, int] = {}
 
         def run_mixed():
@@ -109,6 +112,9 @@ def bench_many_adapters(*, quick: bool = False, adapters: int | None = None, pro
                 merge_adapters(naive)
                 total += sum(len(h.tokens) for h in search(naive, [prompt], search_settings, batch_size=1))
                 unmerge_adapters(naive)
+                with torch.no_grad():
+                    for name, layer in adapted_layers(naive):
+                        layer.base_layer.weight.copy_(pristine[name])
             tokens["naive"] = total
 
         samples = time_alternating({"mixed": run_mixed, "merged": run_merged, "naive": run_naive},
