@@ -5,7 +5,7 @@ NOLA adapters trained on E2E, WebNLG and DART from the mini reproduction's base
 context with its task's adapter (`nola.decode.mixed`, `nola.adapters.bank`):
 
 1. subsets of each task (`--train-examples` random training pairs, `--valid-examples` validation
-   pairs, the first `--test-contexts` test reference groups) are written to
+   pairs, `--test-contexts` test reference groups drawn at random, kept in file order) are written to
    `<paths.cache_dir>/mini-data/tasks/`;
 2. each task is adapted with the mini NOLA recipe (`experiment=mini/nola_k32`, one seed) and its
    test subset decoded and scored alone (`nola.run.run`: the single-task reference);
@@ -64,7 +64,9 @@ def write_task_subsets(data_dir: Path, target: Path, settings: DemoSettings) -> 
         train = load_examples(data_dir, task, "train")
         chosen = rng.sample(train, min(settings.train_examples, len(train)))
         valid = load_examples(data_dir, task, "valid")[: settings.valid_examples]
-        groups = load_reference_groups(data_dir, task, "test")[: settings.test_contexts]
+        every = load_reference_groups(data_dir, task, "test")
+        # a seeded sample in file order (WebNLG's test file lists seen categories first, then unseen)
+        groups = [every[i] for i in sorted(rng.sample(range(len(every)), min(settings.test_contexts, len(every))))]
         test = [Example(g.context, ref, g.category, g.seen) for g in groups for ref in g.references]
         for split, examples in (("train", chosen), ("valid", valid), ("test", test)):
             write_examples(split_path(target, task, split), examples)
@@ -126,8 +128,9 @@ def render(report: dict[str, Any]) -> str:
              "WebNLG and DART from the mini base; their test subsets decoded in one mixed batch, every context with "
              "its task's adapter, against each task decoded alone with its adapter merged.", "",
              f"- date: {report['date']}", f"- machine: {report['machine']}",
-             f"- subsets: {report['settings']['train_examples']} training pairs per task, the first "
-             f"{report['settings']['test_contexts']} test contexts of each",
+             f"- subsets: {report['settings']['train_examples']} training pairs per task, "
+             f"{report['settings']['test_contexts']} test contexts of each drawn at random (seed "
+             f"{report['settings']['seed']})",
              f"- decode time: one mixed run {report['mixed_decode_s']:.1f} s; three single-task runs {separate:.1f} s", "",
              "| task | contexts | mixed hypotheses = single-task ones | BLEU (mixed) | BLEU (single) |",
              "|---|---:|---|---:|---:|"]
