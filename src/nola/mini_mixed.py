@@ -57,7 +57,8 @@ def write_task_subsets(data_dir: Path, target: Path, settings: DemoSettings) -> 
     """Each task's subsets under `target/<task>/` (rewritten only when the recipe changed)."""
     rng = random.Random(settings.seed)
     for task in TASKS:
-        recipe = {"settings": asdict(settings), "source": sha256_file(split_path(data_dir, task, "train"))}
+        recipe = {"settings": asdict(settings), "source": sha256_file(split_path(data_dir, task, "train")),
+                  "test": "seeded sample of reference groups, in file order"}
         record = target / task / SUBSET_RECORD
         if record.is_file() and read_json(record) == recipe:
             continue
