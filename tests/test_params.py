@@ -9,6 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from nola.config import compose_config
+
 from nola.adapters import AdapterConfig, adapter_file_bytes, adapter_params, as_adapter_config, inject_adapters, save_adapter
 from nola.errors import NolaError
 from nola.model import GPT2, GPT2Config, init_gpt2
@@ -18,8 +20,8 @@ ADAPTER_DIR = Path(__file__).resolve().parents[1] / "conf" / "adapter"
 
 
 def adapter_yaml(name: str, **overrides) -> AdapterConfig:
-    """conf/adapter/<name>.yaml merged into its schema, as Hydra composes it."""
-    node = OmegaConf.merge(OmegaConf.structured(AdapterConfig), OmegaConf.load(ADAPTER_DIR / f"{name}.yaml"), overrides)
+    """conf/adapter/<name>.yaml as Hydra composes it (its base_seed follows train.seed), plus overrides."""
+    node = OmegaConf.merge(compose_config([f"adapter={name}"]).adapter, overrides)
     return as_adapter_config(node)
 
 
