@@ -84,7 +84,7 @@ def test_an_adapter_for_another_base_is_refused_naming_its_directory(base, saved
 
 def test_a_manifest_decodes_several_tasks_in_one_mixed_run(base, saved, tmp_path, vocab_dir, monkeypatch):
     """`decode.manifest`: each entry's hypotheses equal that task's single-adapter decode."""
-    import nola.run as pipeline
+    import nola.decode.mixed as mixed_module
     from nola.config import compose_config
     from nola.data import Example
     from nola.data.records import split_path, write_examples
@@ -102,7 +102,7 @@ def test_a_manifest_decodes_several_tasks_in_one_mixed_run(base, saved, tmp_path
     manifest.write_text(f"- {{name: e2e, task: e2e, split: test, adapter_dir: {saved / 'lora_qv'}}}\n"
                         f"- {{name: dart, task: dart, split: test, adapter_dir: {saved / 'nola_a'}}}\n"
                         "- {name: plain, task: e2e, split: test, adapter_dir: null}\n")
-    monkeypatch.setattr(pipeline, "score", lambda task, groups, hypotheses: {"task": task, "n": len(hypotheses)})
+    monkeypatch.setattr(mixed_module, "score", lambda task, groups, hypotheses: {"task": task, "n": len(hypotheses)})
     common = ["model=tiny", "model.source=random", f"paths.data_dir={data}", f"paths.vocab_dir={vocab_dir}",
               f"paths.runs_dir={tmp_path}/runs", "train.device=cpu", "decode.beam=3", "decode.max_new_tokens=6"]
     summary = decode_manifest(compose_config([*common, f"decode.manifest={manifest}"]), tmp_path / "mixed")

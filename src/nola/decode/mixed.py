@@ -34,6 +34,9 @@ from nola.data.references import EVAL_SPLITS
 from nola.decode.hypotheses import decode_split, write_hypotheses
 from nola.errors import NolaError
 from nola.fileio import ensure_writable_dir, write_json_atomic
+from nola.metrics import bleu_segments
+from nola.run import score
+from nola.stats import bootstrap_record
 from nola.tables.schema import TASKS
 from nola.training.distributed import pick_device, read_environment
 
@@ -88,10 +91,6 @@ def read_manifest(path: str | Path, default_data_dir: str | Path) -> list[Manife
 
 def decode_manifest(cfg, out_dir: str | Path) -> dict[str, Any]:
     """Decode every manifest entry in one mixed run, write its files and scores; return a summary."""
-    from nola.run import score  # the pipeline's scorer; nola.run does not import this module
-    from nola.metrics import bleu_segments
-    from nola.stats import bootstrap_record
-
     entries = read_manifest(cfg.decode.manifest, cfg.paths.data_dir)
     out_dir = Path(out_dir)
     for entry in entries:
