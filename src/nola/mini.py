@@ -59,8 +59,8 @@ from nola.bench.machine import native_bf16
 from nola.run import machine_description, run, train_stage
 from nola.tables import build_tables, plot_params_vs_bleu
 from nola.tables.groups import RunGroup, group_runs
-from nola.tables.render import BLEU_KEY, LAYOUTS, our_row
-from nola.tables.schema import PAPER_SCALE, metric_name
+from nola.tables.render import LAYOUTS, our_row
+from nola.tables.schema import BLEU_KEY, PAPER_SCALE, headline_bleu, metric_name
 from nola.training.distributed import pick_device
 
 METHODS = ("ft", "lora", "lora_r1", "nola_k32", "nola_k16")
@@ -384,7 +384,7 @@ def _epoch_text(selection: dict[str, Any] | None) -> str:
 
 def _run_bleu(result: dict[str, Any]) -> str:
     scale = PAPER_SCALE[result["task"]]["BLEU"]
-    bleu = result["metrics"]["all"]["BLEU"] if "all" in result["metrics"] else result["metrics"]["BLEU"]
+    bleu = headline_bleu(result["task"], result["metrics"])
     interval = result.get("bleu_interval")
     if not interval:
         return f"{bleu * scale:.1f}"

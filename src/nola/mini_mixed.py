@@ -38,7 +38,7 @@ from nola.errors import NolaError, exit_on_user_error
 from nola.fileio import read_json, sha256_file, write_json_atomic, write_text_atomic
 from nola.mini import BASE_DIR, PRETRAIN_RECORD
 from nola.run import machine_description, run
-from nola.tables.render import BLEU_KEY
+from nola.tables.schema import PAPER_SCALE, headline_bleu
 
 TASKS = ("e2e", "webnlg", "dart")
 RECIPE = "mini/nola_k32"
@@ -116,10 +116,8 @@ def run_demo(settings: DemoSettings, overrides: list[str], out: Path) -> dict[st
 
 
 def _bleu(task: str, metrics: dict) -> float:
-    value = metrics
-    for part in BLEU_KEY[task].split("."):
-        value = value[part]
-    return value * (100.0 if task == "e2e" else 1.0)
+    """The task's BLEU on the papers' scale (E2E x100)."""
+    return headline_bleu(task, metrics) * PAPER_SCALE[task]["BLEU"]
 
 
 def render(report: dict[str, Any]) -> str:

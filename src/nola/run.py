@@ -47,6 +47,7 @@ from nola.params import count_adapter
 from nola.stats import bootstrap_record, record_bleu
 from nola.tables import validate_result
 from nola.tables.results import RESULTS_SCHEMA
+from nola.tables.schema import headline_bleu
 from nola.layout import RunLayout
 from nola.train import resume_record, train
 from nola.training.distributed import read_environment
@@ -279,7 +280,7 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
     print(json.dumps(results[0]["metrics"] if len(results) == 1 else
                      {f"seed-{r['seed']}": r["metrics"] for r in results}, indent=2))
-    bleu = [r["metrics"]["all"]["BLEU"] if "all" in r["metrics"] else r["metrics"]["BLEU"] for r in results]
+    bleu = [headline_bleu(r["task"], r["metrics"]) for r in results]
     return float(sum(bleu) / len(bleu))
 
 

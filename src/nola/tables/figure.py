@@ -23,9 +23,9 @@ from matplotlib.lines import Line2D
 from nola.fileio import atomic_path
 from nola.tables.published import Published
 from nola.tables.groups import group_runs
-from nola.tables.render import BLEU_KEY, INCOMPLETE_MARK, our_row
+from nola.tables.render import INCOMPLETE_MARK, our_row
 from nola.tables.results import validate_results
-from nola.tables.schema import PAPER_SCALE, TASKS, model_label
+from nola.tables.schema import BLEU_KEY, PAPER_SCALE, TASKS, model_label
 
 TASK_TITLES = {"e2e": "E2E", "dart": "DART", "webnlg": "WebNLG (all categories)"}
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray")

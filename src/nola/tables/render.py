@@ -22,11 +22,10 @@ from nola.stats import bleu_interval, paired_bootstrap_p
 from nola.tables.groups import RunGroup, group_runs
 from nola.tables.published import Published, PublishedRow
 from nola.tables.results import validate_results
-from nola.tables.schema import PAPER_SCALE, TASKS, metric_name, model_label
+from nola.tables.schema import BLEU_KEY, PAPER_SCALE, TASKS, metric_name, model_label
 
 MISSING = "–"
 INCOMPLETE_MARK = " †"
-BLEU_KEY = {"e2e": "BLEU", "dart": "BLEU", "webnlg": "all.BLEU"}  # the BLEU that is bootstrapped
 P_FLOOR = "<0.001"
 
 

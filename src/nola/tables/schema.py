@@ -30,6 +30,15 @@ PAPER_SCALE: dict[str, dict[str, float]] = {
     "webnlg": {"BLEU": 1.0, "METEOR": 1.0, "TER": 1.0},
 }
 
+# The BLEU a task is judged by (the figure's, the bootstrap's, a sweep's objective): WebNLG's over all categories.
+BLEU_KEY = {"e2e": "BLEU", "dart": "BLEU", "webnlg": "all.BLEU"}
+
+
+def headline_bleu(task: str, metrics: dict[str, Any]) -> float:
+    """BLEU_KEY's value of a results.json metrics object, on results.json's scale."""
+    return float(dotted_get(metrics, BLEU_KEY[task]))
+
+
 MODEL_LABELS = {"gpt2": "GPT-2 S", "gpt2-medium": "GPT-2 M", "gpt2-large": "GPT-2 L", "gpt2-xl": "GPT-2 XL"}
 
 
