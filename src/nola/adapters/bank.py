@@ -34,7 +34,7 @@ from nola.adapters.bases import normal_offset, random_basis, random_offset
 from nola.adapters.checkpoint import CONFIG_FILE, WEIGHTS_FILE, open_adapter, read_adapter_tensors
 from nola.adapters.config import MODULE_PATHS, AdapterConfig
 from nola.adapters.inject import adapted_layers, inject_adapters
-from nola.adapters.layers import LoraSlot, NolaSlot
+from nola.adapters.layers import LinearWrapper, LoraSlot, NolaSlot
 from nola.errors import NolaError
 from nola.model import GPT2
 
@@ -126,20 +126,12 @@ class Router:
         self.current: Routes | None = None
 
 
-class RoutedLinear(nn.Module):
+class RoutedLinear(LinearWrapper):
     """A frozen linear layer plus, per row, the low-rank update of that row's adapter (gather + bmm)."""
 
     def __init__(self, base_layer: nn.Linear, router: Router, path: str) -> None:
         super().__init__()
         self.base_layer, self.router, self.path = base_layer, router, path
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)

@@ -170,7 +170,32 @@ class NolaSlot(nn.Module):
         return a, (b if self.offset_B is None else self.offset_B + b)
 
 
-class AdaptedLinear(nn.Module):
+class LinearWrapper(nn.Module):
+    """A module around an `nn.Linear` (`base_layer`) that shows its weight, bias and sizes under
+    nn.Linear's names, so what reads a base model's weights by name (`nola.model.base_fingerprint`,
+    export) sees through the wrapper. The adapter layers below and the bank's `RoutedLinear` are such."""
+
+    base_layer: nn.Linear
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped layer's weight (for `AdaptedLinear`: merged with the adapters while `merged`)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+
+class AdaptedLinear(LinearWrapper):
     """`base_layer(x)` plus (α/r)·dropout(x)·Aₛᵀ·Bₛᵀ added to the output rows of each slot s."""
 
     def __init__(
@@ -192,23 +217,6 @@ class AdaptedLinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self._covers_all = len(rows) == 1 and next(iter(rows.values())) == (0, base_layer.out_features)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The wrapped layer's weight (merged with the adapters while `merged`), as nn.Linear names it."""
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
-
-    @property
-    def in_features(self) -> int:
-        return self.base_layer.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base_layer.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
