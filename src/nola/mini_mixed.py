@@ -36,13 +36,12 @@ from nola.data.references import group_references, write_reference_files
 from nola.decode.mixed import decode_manifest
 from nola.errors import NolaError, exit_on_user_error
 from nola.fileio import read_json, sha256_file, write_json_atomic, write_text_atomic
-from nola.mini import BASE_DIR, PRETRAIN_RECORD
+from nola.mini import BASE_DIR, PRETRAIN_RECORD, SUBSET_RECORD
 from nola.run import machine_description, run
 from nola.tables.schema import PAPER_SCALE, headline_bleu
 
 TASKS = ("e2e", "webnlg", "dart")
 RECIPE = "mini/nola_k32"
-SUBSET_RECORD = "subset.json"
 
 
 @dataclass(frozen=True)
