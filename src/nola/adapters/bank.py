@@ -12,10 +12,11 @@ one product of their stacked coefficients (n × k) with that basis (k × r·d).
 A batch is routed without merging (Punica's BGMV, Chen et al., MLSys 2024; S-LoRA): every adaptable
 linear layer of the base becomes a `RoutedLinear`, which adds x·Aᵤᵀ·Bᵤᵀ to each row from the
 factors of that row's adapter u, gathered per row and applied with batched matmuls; a row without an
-adapter gets the base alone. `AdapterBank.routing(names)` binds one adapter (or None) to each input
-of a batch; `Routes.select(inputs)` says which input every row of the next forward belongs to, so
-the KV cache and beam search work unchanged (`nola.decode.beam.search(adapters=...)`: beams
-inherit their prompt's adapter).
+adapter gets the base alone. `AdapterBank.routes(adapters)` stacks the factors of the adapters a
+batch uses into slots; `Routes.select_slots(row_slots)` says which slot every row of the next forward
+uses, so the KV cache and beam search work unchanged (`nola.decode.engine.BeamBatch`: beams inherit
+their prompt's adapter). Each loaded adapter is one immutable version: replacing a directory loads
+a new `BankedAdapter`, and a search that began with the old one keeps its factors to the end.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ class BankedAdapter:
     out_features: dict[str, int]  # each adapted layer's output width
     file_bytes: int
     signature: tuple[int, int]  # (mtime_ns, size) of adapter.safetensors when loaded
+    version: int = 0  # distinct for every load of the bank: the key of its materialised factors
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.name, self.version
 
     @property
     def resident_bytes(self) -> int:
@@ -105,18 +111,26 @@ class BankedAdapter:
 
 @dataclass
 class Routes:
-    """The factors of one batch's adapters and, for the next forward, each row's adapter."""
+    """The factors of one batch's adapters, stacked in slots, and each row's slot for the next forward."""
 
     factors: dict[str, Factors]  # layer path -> A (U, R, d_in), B (U, d_out, R); U adapters of the batch
-    slot_of_input: torch.Tensor  # (inputs,) index into U, -1 for the base alone
+    router: Router
     rows: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     slots: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
-    def select(self, inputs: torch.Tensor) -> None:
-        """Row i of the next forward belongs to input `inputs[i]` (beams inherit their prompt's adapter)."""
-        row_slot = self.slot_of_input.to(inputs.device)[inputs]
-        self.rows = (row_slot >= 0).nonzero().squeeze(1)
-        self.slots = row_slot[self.rows]
+    def select_slots(self, row_slots: torch.Tensor) -> None:
+        """Row i of the next forward uses slot `row_slots[i]` (-1: the base alone)."""
+        self.rows = (row_slots >= 0).nonzero().squeeze(1)
+        self.slots = row_slots[self.rows]
+
+    @contextmanager
+    def active(self) -> Iterator[Routes]:
+        """Route the forwards run inside the block."""
+        self.router.current = self
+        try:
+            yield self
+        finally:
+            self.router.current = None
 
 
 class Router:
@@ -159,8 +173,9 @@ class AdapterBank:
         self.router = Router()
         self.adapters: dict[str, BankedAdapter] = {}
         self._bases: dict[tuple[int, int, int], torch.Tensor] = {}
-        self._cache: OrderedDict[str, dict[str, Factors]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], dict[str, Factors]] = OrderedDict()  # by BankedAdapter.key
         self._cached_bytes = 0
+        self._loads = 0
         self._skeletons: dict[tuple, GPT2] = {}
         self._lock = threading.RLock()
         self.device = model.transformer.wte.weight.device
@@ -200,8 +215,10 @@ class AdapterBank:
                         slot.shape_A, slot.shape_B, slot.init)))
             layers[layer_path] = slots
         stat = weights.stat()
-        adapter = BankedAdapter(name, directory, config, layers, widths, stat.st_size, (stat.st_mtime_ns, stat.st_size))
         with self._lock:
+            self._loads += 1
+            adapter = BankedAdapter(name, directory, config, layers, widths, stat.st_size,
+                                    (stat.st_mtime_ns, stat.st_size), self._loads)
             self._evict(name)
             self.adapters[name] = adapter
         return adapter
@@ -235,22 +252,27 @@ class AdapterBank:
     def basis_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self._bases.values())
 
-    def factors(self, names: Sequence[str]) -> list[dict[str, Factors]]:
-        """Every layer's (A, scaled B) of each adapter in `names`, from the cache or materialised
-        (the missing ones together, one coefficient-by-basis product per shared basis)."""
+    def resolve(self, name: str) -> BankedAdapter:
+        """The loaded version of adapter `name`."""
         with self._lock:
-            unknown = [name for name in names if name not in self.adapters]
-            if unknown:
-                raise UnknownAdapter(f"no adapter named {unknown[0]!r}; loaded: {', '.join(sorted(self.adapters)) or 'none'}")
-            missing = [name for name in dict.fromkeys(names) if name not in self._cache]
+            if name not in self.adapters:
+                raise UnknownAdapter(f"no adapter named {name!r}; loaded: {', '.join(sorted(self.adapters)) or 'none'}")
+            return self.adapters[name]
+
+    def factors(self, adapters: Sequence[str | BankedAdapter]) -> list[dict[str, Factors]]:
+        """Every layer's (A, scaled B) of each adapter (a name: its loaded version), from the cache or
+        materialised (the missing ones together, one coefficient-by-basis product per shared basis)."""
+        with self._lock:
+            versions = [self.resolve(a) if isinstance(a, str) else a for a in adapters]
+            missing = list({v.key: v for v in versions if v.key not in self._cache}.values())
             if missing:
-                for name, layers in zip(missing, self._materialise([self.adapters[n] for n in missing])):
-                    self._cache[name] = layers
+                for adapter, layers in zip(missing, self._materialise(missing)):
+                    self._cache[adapter.key] = layers
                     self._cached_bytes += _bytes(layers)
-            for name in names:
-                self._cache.move_to_end(name)
-            found = [self._cache[name] for name in names]
-            self._shrink(keep=set(names))
+            for adapter in versions:
+                self._cache.move_to_end(adapter.key)
+            found = [self._cache[adapter.key] for adapter in versions]
+            self._shrink(keep={adapter.key for adapter in versions})
             return found
 
     def _materialise(self, adapters: list[BankedAdapter]) -> list[dict[str, Factors]]:
@@ -308,17 +330,17 @@ class AdapterBank:
         return a.to(self.dtype), b.to(self.dtype)
 
     def _evict(self, name: str) -> None:
-        layers = self._cache.pop(name, None)
-        if layers is not None:
-            self._cached_bytes -= _bytes(layers)
+        """Drop the materialised factors of every version of `name`."""
+        for key in [key for key in self._cache if key[0] == name]:
+            self._cached_bytes -= _bytes(self._cache.pop(key))
 
-    def _shrink(self, keep: set[str]) -> None:
+    def _shrink(self, keep: set[tuple[str, int]]) -> None:
         """Evict least recently used factors until the cache fits its bound (the batch's stay)."""
-        for name in list(self._cache):
+        for key in list(self._cache):
             if self._cached_bytes <= self.cache_bytes:
                 break
-            if name not in keep:
-                self._evict(name)
+            if key not in keep:
+                self._cached_bytes -= _bytes(self._cache.pop(key))
 
     @property
     def cached_bytes(self) -> int:
@@ -333,38 +355,29 @@ class AdapterBank:
     @property
     def cached_names(self) -> list[str]:
         """Adapters whose factors are materialised, least recently used first."""
-        return list(self._cache)
+        return [name for name, _ in self._cache]
 
     @property
     def shared_bases(self) -> int:
         return len(self._bases)
 
     # ----------------------------------------------------------------- routing
-    @contextmanager
-    def routing(self, names: Sequence[str | None]) -> Iterator[Routes]:
-        """Route the next forwards: input i uses adapter names[i] (None: the base alone)."""
-        unique = list(dict.fromkeys(name for name in names if name is not None))
-        layer_factors = self.factors(unique)
+    def routes(self, adapters: Sequence[str | BankedAdapter]) -> Routes:
+        """Routes whose slot i holds adapters[i] (a name: its loaded version); rows select slots."""
+        layer_factors = self.factors(adapters)
         stacked: dict[str, Factors] = {}
         for path in {path for layers in layer_factors for path in layers}:
             ranks = [layers[path][0].shape[0] if path in layers else 0 for layers in layer_factors]
             width = max(ranks)
             d_in = next(layers[path][0].shape[1] for layers in layer_factors if path in layers)
             d_out = next(layers[path][1].shape[0] for layers in layer_factors if path in layers)
-            a = torch.zeros(len(unique), width, d_in, device=self.device, dtype=self.dtype)
-            b = torch.zeros(len(unique), d_out, width, device=self.device, dtype=self.dtype)
+            a = torch.zeros(len(layer_factors), width, d_in, device=self.device, dtype=self.dtype)
+            b = torch.zeros(len(layer_factors), d_out, width, device=self.device, dtype=self.dtype)
             for slot, (layers, rank) in enumerate(zip(layer_factors, ranks)):
                 if rank:
                     a[slot, :rank], b[slot, :, :rank] = layers[path]
             stacked[path] = (a, b)
-        index = {name: slot for slot, name in enumerate(unique)}
-        routes = Routes(stacked, torch.tensor([index[n] if n is not None else -1 for n in names], dtype=torch.long,
-                                              device=self.device))
-        self.router.current = routes
-        try:
-            yield routes
-        finally:
-            self.router.current = None
+        return Routes(stacked, self.router)
 
 
 def _bytes(layers: dict[str, Factors]) -> int:

@@ -26,32 +26,24 @@ LoRA's batched mode is wrong (`logits[_bbatch, _query_len - 1]` indexes the beam
 input indices): input b's first token is chosen from input b // beam's logits, at input b's last
 position. Its README and NOLA's scripts decode with batch_size 1, the semantics reproduced here.
 
-Adapters must be merged into the base weights by the caller (`nola.adapters.merge_adapters`)
-before decoding: a merged model runs at the base model's speed.
+Adapters are merged into the base weights by the caller (`nola.adapters.merge_adapters`) before
+decoding (a merged model runs at the base model's speed), or routed per prompt through an
+`nola.adapters.bank.AdapterBank`. The search state and its steps live in `nola.decode.engine`
+(`BeamBatch`), which the server also uses to let requests join a running search.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from nola.decode.config import PAPER_SETTINGS, SearchSettings
+from nola.decode.engine import BeamBatch, BeamHypothesis, Entry
 from nola.errors import NolaError
 
-NEG_INF = float("-inf")
-
-
-@dataclass(frozen=True)
-class BeamHypothesis:
-    """The answer for one input: generated tokens (ending with the eos id when `finished`) and
-    their length-normalised log-probability (-inf only in degenerate searches)."""
-
-    tokens: list[int]
-    score: float
-    finished: bool
+__all__ = ["BeamHypothesis", "beam_search", "check_inputs", "search"]
 
 
 def beam_search(
@@ -84,21 +76,29 @@ def beam_search(
 
 
 def search(
-    model, prompts: Sequence[Sequence[int]], settings: SearchSettings, *, batch_size: int = 16, progress: bool = False,
-    adapters: Sequence[str | None] | None = None,
+    model, prompts: Sequence[Sequence[int]], settings: SearchSettings | Sequence[SearchSettings], *,
+    batch_size: int = 16, progress: bool = False, adapters: Sequence[str | None] | None = None,
 ) -> list[BeamHypothesis]:
     """`beam_search` returning the scores and whether each hypothesis ended on an eos id.
 
+    settings: one for every prompt, or one per prompt (prompts with different settings share the
+        batches' forwards; each keeps its own search, `nola.decode.engine`).
     adapters: with a model carrying an `nola.adapters.bank.AdapterBank`, the adapter of each prompt
-    (None: the base alone); prompts with different adapters are decoded in the same batches.
+        (None: the base alone); prompts with different adapters are decoded in the same batches.
     """
-    check_inputs(model.config, prompts, settings, batch_size)
+    per_prompt = [settings] * len(prompts) if isinstance(settings, SearchSettings) else list(settings)
+    if len(per_prompt) != len(prompts):
+        raise NolaError(f"{len(per_prompt)} search settings for {len(prompts)} prompts; give one, or one per prompt")
+    for one in dict.fromkeys(per_prompt):
+        indices = [i for i, own in enumerate(per_prompt) if own == one]
+        check_inputs(model.config, [prompts[i] for i in indices], one, batch_size, lambda j: f"prompt {indices[j]}")
     bank = getattr(model, "adapter_bank", None)
     if adapters is not None:
         if bank is None:
             raise NolaError("an adapter per prompt needs a model with an adapter bank (nola.adapters.bank.AdapterBank)")
         if len(adapters) != len(prompts):
             raise NolaError(f"{len(adapters)} adapters for {len(prompts)} prompts; give one (or None) per prompt")
+        versions = [None if name is None else bank.resolve(name) for name in adapters]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[BeamHypothesis | None] = [None] * len(prompts)
     was_training = model.training
@@ -108,12 +108,12 @@ def search(
             starts = range(0, len(order), batch_size)
             for start in tqdm(starts, desc="beam search", unit="batch", disable=not progress):
                 chunk = order[start : start + batch_size]
-                if adapters is None:
-                    found = _search_batch(model, [list(prompts[i]) for i in chunk], settings)
-                else:
-                    with bank.routing([adapters[i] for i in chunk]) as routes:
-                        found = _search_batch(model, [list(prompts[i]) for i in chunk], settings, routes)
-                for index, hypothesis in zip(chunk, found):
+                batch = BeamBatch(model, None if adapters is None else bank.routes)
+                done = batch.admit([Entry(prompts[i], per_prompt[i], i, None if adapters is None else versions[i])
+                                    for i in chunk])
+                while batch.cohorts:
+                    done += batch.step()
+                for index, hypothesis in done:
                     results[index] = hypothesis
     finally:
         model.train(was_training)
@@ -143,143 +143,4 @@ def check_inputs(config, prompts: Sequence[Sequence[int]], settings: SearchSetti
                 f"{needed} positions but the context window holds {window}; shorten it or lower decode.max_new_tokens"
             )
         if min(prompt) < 0 or max(prompt) >= vocab:
-            raise NolaError(f"prompt {index} holds a token id outside the vocabulary [0, {vocab})")
-
-
-class _BestHypotheses:
-    """Each input's best finished hypothesis so far (LoRA's `best_score` and `best_sequence`)."""
-
-    def __init__(self, batch: int, max_new_tokens: int, device, dtype) -> None:
-        self.score = torch.full((batch,), NEG_INF, device=device, dtype=dtype)
-        self.found = torch.zeros(batch, dtype=torch.bool, device=device)
-        self.tokens = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
-        self.length = torch.zeros(batch, dtype=torch.long, device=device)
-        self.on_eos = torch.zeros(batch, dtype=torch.bool, device=device)
-
-    def offer(self, active, scores, history, candidates, length: int, power: float, on_eos: bool) -> None:
-        """Finish the `candidates` (A, K) of beams with `scores` (A, K) and `history` (A·K, length).
-
-        In beam order with a strict comparison, as LoRA's `_add_beam_candidate`: the first of equal
-        scores wins, and an earlier step wins over a later tie.
-        """
-        A, K = scores.shape
-        normalised = torch.where(candidates, scores / float(length**power), NEG_INF)
-        value, beam = normalised.max(dim=1)  # first maximum on ties
-        better = candidates.any(dim=1) & ((value > self.score[active]) | ~self.found[active])
-        if not better.any():
-            return
-        winners = active[better]
-        chosen = history.view(A, K, length)[torch.arange(A, device=scores.device), beam]
-        self.score[winners] = value[better]
-        self.found[winners] = True
-        self.tokens[winners, :length] = chosen[better]
-        self.length[winners] = length
-        self.on_eos[winners] = on_eos
-
-    def settled(self, active, scores, length: int, max_new_tokens: int, power: float):
-        """(A,) True where no continuation of the live beams can beat the best finished hypothesis."""
-        live = scores.max(dim=1).values  # ≤ 0, and only falls as tokens are added
-        bound = torch.maximum(live / float((length + 1) ** power), live / float(max_new_tokens**power))
-        return self.found[active] & (self.score[active] >= bound)
-
-    def results(self) -> list[BeamHypothesis]:
-        tokens, lengths = self.tokens.tolist(), self.length.tolist()
-        return [
-            BeamHypothesis(tokens=row[:length], score=score, finished=on_eos)
-            for row, length, score, on_eos in zip(tokens, lengths, self.score.tolist(), self.on_eos.tolist())
-        ]
-
-
-def _search_batch(model, prompts: list[list[int]], settings: SearchSettings, routes=None) -> list[BeamHypothesis]:
-    """Decode prompts together: left-padded prefill once per input, then K rows per input.
-
-    routes: the batch's `nola.adapters.bank.Routes`; before every forward it learns which input
-    each row belongs to (beams inherit their input's adapter)."""
-    K, M, power = settings.beam, settings.max_new_tokens, settings.length_penalty
-    device = model.transformer.wte.weight.device
-    B, width = len(prompts), max(len(p) for p in prompts)
-    input_ids = torch.zeros(B, width, dtype=torch.long)
-    prompt_mask = torch.zeros(B, width, dtype=torch.bool)
-    for b, prompt in enumerate(prompts):
-        input_ids[b, width - len(prompt) :] = torch.tensor(prompt)
-        prompt_mask[b, width - len(prompt) :] = True
-    input_ids, prompt_mask = input_ids.to(device), prompt_mask.to(device)
-    eos_ids = torch.tensor(settings.eos_ids, dtype=torch.long, device=device)
-
-    cache = model.new_cache(B, width + M - 1)
-    if routes is not None:
-        routes.select(torch.arange(B, device=device))
-    logits = model(input_ids, attention_mask=prompt_mask, cache=cache, only_last=True)[:, -1]
-    scores, tokens = _top_log_probs(logits, K)  # (B, K): step 0 expands the single beam
-    best = _BestHypotheses(B, M, device, scores.dtype)
-    active = torch.arange(B, device=device)  # batch positions still searching
-    parent_rows = active.repeat_interleave(K)  # cache row holding each beam's parent
-    history = tokens.reshape(B * K, 1)  # generated tokens per beam
-    scores = _finish_on_eos(best, active, scores, history, eos_ids, power)
-
-    for length in range(1, M):  # `length` tokens generated; choose token length + 1
-        settled = best.settled(active, scores, length, M, power)
-        if settled.all():
-            return best.results()
-        if settled.any():
-            keep = ~settled
-            beams = keep.repeat_interleave(K)
-            active, scores, history, parent_rows = active[keep], scores[keep], history[beams], parent_rows[beams]
-        A = active.shape[0]
-        # Beams at -inf (finished on an eos) are not run: all their candidates are -inf, and every
-        # active input has a live beam whose K finite candidates outrank them, so the top-K is unchanged.
-        live = torch.isfinite(scores).view(-1).nonzero().squeeze(1)
-        cache.reorder(parent_rows[live])
-        generated = torch.ones(live.shape[0], length, dtype=torch.bool, device=device)
-        mask = torch.cat([prompt_mask[active[live // K]], generated], dim=1)
-        if routes is not None:
-            routes.select(active[live // K])
-        logits = model(history[live, -1:], attention_mask=mask, cache=cache, only_last=True)[:, -1]
-        live_log_probs, live_tokens = _top_log_probs(_penalize(logits, history[live], settings), K)
-        log_probs = live_log_probs.new_full((A * K, K), NEG_INF).index_copy_(0, live, live_log_probs)
-        tokens = live_tokens.new_zeros((A * K, K)).index_copy_(0, live, live_tokens)  # (A·K, K) per beam
-        scores, pick = (scores.reshape(-1, 1) + log_probs).view(A, K * K).topk(K, dim=1)
-        parents = (torch.arange(A, device=device) * K).unsqueeze(1).add(pick // K).view(-1)
-        cache_row = torch.full((A * K,), -1, dtype=torch.long, device=device).index_copy_(
-            0, live, torch.arange(live.shape[0], device=device))
-        parent_rows = cache_row[parents]  # -1 only under a -inf parent, which is never run again
-        history = torch.cat([history[parents], tokens.view(A, K * K).gather(1, pick).view(-1, 1)], dim=1)
-        scores = _finish_on_eos(best, active, scores, history, eos_ids, power)
-
-    best.offer(active, scores, history, torch.ones_like(scores, dtype=torch.bool), M, power, on_eos=False)
-    return best.results()
-
-
-def _finish_on_eos(best: _BestHypotheses, active, scores, history, eos_ids, power: float):
-    """Finish the beams whose last token is an eos id; their beam scores become -inf."""
-    ended = torch.isin(history[:, -1], eos_ids).view_as(scores)
-    best.offer(active, scores, history, ended & torch.isfinite(scores), history.shape[1], power, on_eos=True)
-    return scores.masked_fill(ended, NEG_INF)
-
-
-def _top_log_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's k best tokens and their log-softmax, in at least float32.
-
-    The best k candidates of beam score + log-softmax over beam × vocab are among the k best tokens
-    of each beam, so the beam scores are added to those only (rows × k, not rows × vocab).
-    """
-    log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
-    return log_probs.topk(k, dim=1)
-
-
-def _penalize(logits: torch.Tensor, history: torch.Tensor, settings: SearchSettings) -> torch.Tensor:
-    """LoRA's `_postprocess_next_token_scores`: repetition penalty, then n-gram bans, over the
-    generated tokens `history` (N, t) only."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    penalty = settings.repetition_penalty
-    if penalty != 1.0:  # CTRL (Keskar et al., 2019): shrink every generated token's logit toward 0
-        seen = logits.gather(1, history)
-        logits = logits.scatter(1, history, torch.where(seen < 0, seen * penalty, seen / penalty))
-    n = settings.no_repeat_ngram_size
-    if n > 0 and history.shape[1] >= n:
-        windows = history.unfold(1, n, 1)  # (N, t - n + 1, n): every generated n-gram
-        prefix = history[:, history.shape[1] - n + 1 :]  # the last n - 1 tokens
-        repeats = (windows[:, :, :-1] == prefix.unsqueeze(1)).all(dim=2)
-        row, start = repeats.nonzero(as_tuple=True)
-        logits[row, windows[row, start, -1]] = NEG_INF
-    return logits
+            raise NolaError(f"{name(index)} holds a token id outside the vocabulary [0, {vocab})")

@@ -103,25 +103,52 @@ class KVCache:
         self.values[layer, :, :, self.length : end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
-    def reorder(self, index: torch.Tensor) -> None:
+    @property
+    def rows(self) -> int:
+        return self.keys.shape[1]
+
+    def reorder(self, index: torch.Tensor, *, drop_front: int = 0, capacity: int = 0) -> None:
         """Select/reorder batch rows (beam search keeps the parents of the surviving beams).
 
         The filled positions are gathered into a second buffer that is then swapped in, so a search
         does not fault in a fresh cache-sized tensor at every step (on CPU that costs several times
         the copy). Both buffers keep the largest row count seen; fewer rows use a leading slice.
+        drop_front: leading positions no row uses any more, left out of the gather (the rest move
+        to the front). capacity: positions the cache must hold from now on (grown if larger).
         """
         rows = index.shape[0]
+        columns = max(capacity, self.max_len)
         spare = self._spare
-        if spare is None or spare[0].shape[1] < rows:
-            shape = (self.keys.shape[0], rows, *self.keys.shape[2:])
+        if spare is None or spare[0].shape[1] < rows or spare[0].shape[3] < columns:
+            shape = (self.keys.shape[0], max(rows, 0 if spare is None else spare[0].shape[1]), self.keys.shape[2],
+                     columns, self.keys.shape[4])
             spare = (self.keys.new_zeros(shape), self.values.new_zeros(shape))
-        filled = slice(0, self.length)
+        kept = self.length - drop_front
         keys, values = spare[0][:, :rows], spare[1][:, :rows]
-        torch.index_select(self.keys[:, :, :, filled], 1, index, out=keys[:, :, :, filled])
-        torch.index_select(self.values[:, :, :, filled], 1, index, out=values[:, :, :, filled])
+        source = slice(drop_front, self.length)
+        torch.index_select(self.keys[:, :, :, source], 1, index, out=keys[:, :, :, :kept])
+        torch.index_select(self.values[:, :, :, source], 1, index, out=values[:, :, :, :kept])
         self._spare = self._buffers
         self._buffers = spare
         self.keys, self.values = keys, values
+        self.length, self.max_len = kept, spare[0].shape[3]
+
+    def joined(self, other: KVCache) -> tuple[int, KVCache]:
+        """(shift, cache): this cache's rows, then `other`'s, right-aligned so both end at the same
+        position; when `other` is the longer, this cache's positions move right by `shift`."""
+        length = max(self.length, other.length)
+        shift = length - self.length
+        capacity = max(self.max_len + shift, length - other.length + other.max_len)
+        rows = self.rows + other.rows
+        shape = (self.keys.shape[0], rows, self.keys.shape[2], capacity, self.keys.shape[4])
+        merged = KVCache.__new__(KVCache)
+        merged.keys, merged.values = self.keys.new_zeros(shape), self.values.new_zeros(shape)
+        for target, mine, theirs in ((merged.keys, self.keys, other.keys), (merged.values, self.values, other.values)):
+            target[:, : self.rows, :, shift:length] = mine[:, :, :, : self.length]
+            target[:, self.rows :, :, length - other.length : length] = theirs[:, :, :, : other.length]
+        merged.max_len, merged.length = capacity, length
+        merged._buffers, merged._spare = (merged.keys, merged.values), None
+        return shift, merged
 
 
 class CausalSelfAttention(nn.Module):
