@@ -102,8 +102,8 @@ def served(base, tmp_path_factory, vocab_dir):
     server.stop()
 
 
-def expected_text(base, directory, tokenizer, context: str) -> str:
-    settings = SearchSettings(beam=BEAM, max_new_tokens=MAX_TOKENS)
+def expected_text(base, directory, tokenizer, context: str, **settings) -> str:
+    settings = SearchSettings(**{"beam": BEAM, "max_new_tokens": MAX_TOKENS, **settings})
     [prompt] = context_prompts(tokenizer, [context])
     [found] = search(merged_model(base, directory), [prompt], settings, batch_size=1)
     return hypothesis_text(tokenizer, found.tokens)
@@ -133,6 +133,36 @@ def test_parallel_requests_equal_the_library(served, base, vocab_dir):
     assert health["batches"] < len(jobs)  # concurrent requests were decoded together
 
 
+def test_mixed_settings_share_batches_and_join_running_searches(served, base, vocab_dir):
+    """44 requests over 4 names with their own max_tokens, beam, length penalty and n-gram size; a few
+    long ones start first and the rest join their running search: each equals its prompt alone."""
+    root, server = served
+    tokenizer = load_tokenizer(vocab_dir)
+    contexts = [row["context"] for row in synthetic_examples(44, seed=9)]
+    names = ["lora", "nola", "nola2", "base"]
+    jobs = [dict(model=names[i % 4], prompt=context, max_tokens=[2, 5, 9, 16][i % 3 + (i < 4)],
+                 beam=[2, 3, 4][i % 3], length_penalty=[0.8, 1.0, 0.3][i % 3 - 1], no_repeat_ngram_size=[0, 2, 4][i % 3])
+            for i, context in enumerate(contexts)]
+    for job in jobs[:4]:
+        job["max_tokens"] = 40
+    before = call(server.port, "/health")[1]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        first = [pool.submit(call, server.port, "/v1/completions", job) for job in jobs[:4]]
+        time.sleep(0.3)
+        rest = [pool.submit(call, server.port, "/v1/completions", job) for job in jobs[4:]]
+        answers = [future.result(timeout=300) for future in first + rest]
+    after = call(server.port, "/health")[1]
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:2]
+    for job, (_, answer) in zip(jobs, answers):
+        directory = None if job["model"] == "base" else root / "adapters" / job["model"]
+        want = expected_text(base, directory, tokenizer, job["prompt"], beam=job["beam"],
+                             max_new_tokens=job["max_tokens"], length_penalty=job["length_penalty"],
+                             no_repeat_ngram_size=job["no_repeat_ngram_size"])
+        assert answer["choices"][0]["text"] == want, job
+    assert after["batches"] - before["batches"] < len(jobs)  # shared batches despite differing settings
+    assert after["joins"] > before["joins"]  # requests joined a running search
+
+
 def test_models_and_an_adapter_added_at_runtime(served, base, vocab_dir):
     root, server = served
     status, listed = call(server.port, "/v1/models")
@@ -158,14 +188,26 @@ def test_bad_requests(served, body, status, fragment):
     _, server = served
     got, answer = call(server.port, "/v1/completions", body)
     assert got == status and fragment in answer["error"]["message"]
+    param = answer["error"]["param"]
+    assert param is None or param in ("model", "prompt", "max_tokens", "stream")  # a field, never a byte offset
+    if isinstance(body, bytes):
+        assert param is None
 
 
-def test_a_full_queue_answers_503(base, tmp_path, vocab_dir):
+def test_a_full_queue_answers_503_and_a_request_larger_than_the_queue_400(base, tmp_path, vocab_dir):
     adapters = save_random_adapters(base, tmp_path / "adapters", {"lora": SERVED["lora"]})
-    server = Server(tmp_path, vocab_dir, adapters, "serve.max_queue=2")
+    server = Server(tmp_path, vocab_dir, adapters, "serve.max_queue=2", "serve.batch_window_ms=3000")
     try:
         status, answer = call(server.port, "/v1/completions", {"model": "lora", "prompt": ["a", "b", "c"]})
-        assert status == 503 and "busy" in answer["error"]["message"]
+        assert status == 400 and "serve.max_queue=2" in answer["error"]["message"]
+        assert answer["error"]["param"] == "prompt"
+        with ThreadPoolExecutor(max_workers=1) as pool:  # two prompts fill the queue for the 3 s window
+            first = pool.submit(call, server.port, "/v1/completions",
+                                {"model": "lora", "prompt": ["a", "b"], "max_tokens": 2})
+            time.sleep(0.5)
+            status, answer = call(server.port, "/v1/completions", {"model": "lora", "prompt": "c", "max_tokens": 2})
+            assert status == 503 and "busy" in answer["error"]["message"]
+            assert first.result(timeout=60)[0] == 200
         assert call(server.port, "/v1/completions", {"model": "lora", "prompt": ["a"], "max_tokens": 2})[0] == 200
     finally:
         server.stop()

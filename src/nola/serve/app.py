@@ -10,9 +10,11 @@
   the library give the same outputs. OpenAI sampling fields (temperature, top_p, ...) are accepted
   and ignored: the search is deterministic. `stream` and `n` > 1 are refused.
 - `GET /v1/models`: the servable names.
-Requests from concurrent clients are queued and decoded together (`DecodeWorker`: the first queued
-prompt waits `batch_window_ms` for others, up to `max_batch` prompts with any mix of adapters); a
-request that would overfill the queue gets 503, a malformed one 400, an unknown adapter 404.
+Requests from concurrent clients are decoded together by `nola.serve.worker.DecodeWorker`: one
+running beam search that queued prompts join between steps, each with its own adapter and search
+settings (up to `max_batch` prompts). A request that would overfill the queue now gets 503, one
+that holds more prompts than the whole queue 400 (naming serve.max_queue), a malformed one 400, an
+unknown adapter 404.
 """
 
 from __future__ import annotations
@@ -22,9 +24,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nola.adapters.bank import AdapterBank
 from nola.adapters.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from nola.decode.beam import BeamHypothesis, check_inputs, search
+from nola.decode.beam import check_inputs
 from nola.decode.config import PAPER_SETTINGS, SearchSettings
 from nola.decode.hypotheses import context_prompts, hypothesis_text
 from nola.errors import NolaError
+from nola.serve.worker import DecodeWorker, Pending, QueueFull
 
 BASE_NAME = "base"
 log = logging.getLogger("nola.serve")
@@ -111,91 +112,11 @@ class AdapterCatalog:
         return [BASE_NAME, *sorted(self.bank.adapters)]
 
 
-@dataclass
-class Pending:
-    """One prompt waiting for the decode worker."""
-
-    prompt: list[int]
-    adapter: str | None
-    settings: SearchSettings
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-    result: BeamHypothesis | None = field(default=None)
-
-
-class QueueFull(Exception):
-    pass
-
-
-class DecodeWorker(threading.Thread):
-    """Decodes queued prompts in batches (see the module docstring); one batch at a time."""
-
-    def __init__(self, model, bank: AdapterBank, *, window_s: float, max_batch: int, max_queue: int) -> None:
-        super().__init__(name="nola-decode", daemon=True)
-        self.model, self.bank = model, bank
-        self.window_s, self.max_batch, self.max_queue = window_s, max_batch, max_queue
-        self._queue: deque[Pending] = deque()
-        self._ready = threading.Condition()
-        self._stopping = False
-        self.batches = 0
-
-    def submit(self, items: list[Pending]) -> None:
-        with self._ready:
-            if len(self._queue) + len(items) > self.max_queue:
-                raise QueueFull()
-            self._queue.extend(items)
-            self._ready.notify()
-
-    def stop(self) -> None:
-        """Finish what is queued, then end."""
-        with self._ready:
-            self._stopping = True
-            self._ready.notify()
-        self.join()
-
-    def run(self) -> None:
-        while True:
-            with self._ready:
-                while not self._queue and not self._stopping:
-                    self._ready.wait()
-                if not self._queue:
-                    return
-            deadline = time.monotonic() + self.window_s
-            with self._ready:
-                while len(self._queue) < self.max_batch and not self._stopping:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._ready.wait(left)
-                first = self._queue[0].settings
-                batch = [item for item in list(self._queue) if item.settings == first][: self.max_batch]
-                for item in batch:
-                    self._queue.remove(item)
-            self._decode(batch)
-
-    def _decode(self, batch: list[Pending]) -> None:
-        try:
-            found = search(self.model, [item.prompt for item in batch], batch[0].settings,
-                           batch_size=len(batch), adapters=[item.adapter for item in batch])
-            outcomes: list[Any] = found
-        except Exception as err:  # noqa: BLE001 - every waiting client must get an answer
-            log.exception("decode batch failed")
-            outcomes = [err] * len(batch)
-        self.batches += 1
-        for item, outcome in zip(batch, outcomes):
-            setter = item.future.set_exception if isinstance(outcome, Exception) else item.future.set_result
-            item.loop.call_soon_threadsafe(_settle, item.future, setter, outcome)
-
-
-def _settle(future: asyncio.Future, setter, value) -> None:
-    if not future.done():
-        setter(value)
-
-
 def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, serve_cfg) -> FastAPI:
     """The FastAPI application; the decode worker runs for the app's lifetime and drains on shutdown."""
-    worker = DecodeWorker(model, bank, window_s=float(serve_cfg.batch_window_ms) / 1000.0,
-                          max_batch=int(serve_cfg.max_batch), max_queue=int(serve_cfg.max_queue))
+    worker = DecodeWorker(model, bank.routes, window_s=float(serve_cfg.batch_window_ms) / 1000.0,
+                          max_batch=int(serve_cfg.max_batch), max_queue=int(serve_cfg.max_queue),
+                          join_running=bool(serve_cfg.join_running))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -212,9 +133,9 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
-        return JSONResponse(error_body(f"invalid request: {where or 'body'}: {first.get('msg', 'malformed JSON')}",
-                                       "invalid_request_error", where), status_code=400)
+        return JSONResponse(error_body(f"invalid request: {_field(first) or 'body'}: "
+                                       f"{first.get('msg', 'malformed JSON')}", "invalid_request_error",
+                                       _field(first)), status_code=400)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -228,7 +149,8 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "adapters": len(bank.adapters), "batches": worker.batches}
+        return {"status": "ok", "adapters": len(bank.adapters), "batches": worker.batches, "joins": worker.joins,
+                "steps": worker.steps}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> dict[str, Any]:
@@ -241,7 +163,11 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
         if not prompts or len(prompts) > int(serve_cfg.max_prompts_per_request):
             raise ApiError(400, f"prompt must hold 1 to {serve_cfg.max_prompts_per_request} prompts",
                            "invalid_request_error", "prompt")
-        adapter = _adapter_name(body.model, catalog)
+        if len(prompts) > int(serve_cfg.max_queue):
+            raise ApiError(400, f"prompt holds {len(prompts)} prompts but the whole queue holds "
+                           f"serve.max_queue={serve_cfg.max_queue}; send at most that many per request",
+                           "invalid_request_error", "prompt")
+        adapter = _adapter_version(body.model, catalog)
         try:
             settings = SearchSettings(beam=body.beam, length_penalty=body.length_penalty,
                                       no_repeat_ngram_size=body.no_repeat_ngram_size,
@@ -249,7 +175,8 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
             ids = [context_prompts(tokenizer, [prompt])[0] if isinstance(prompt, str) else prompt for prompt in prompts]
             check_inputs(model.config, ids, settings, 1)
         except NolaError as err:
-            raise ApiError(400, str(err).replace("decode.max_new_tokens", "max_tokens"), "invalid_request_error") from None
+            message = str(err).replace("decode.max_new_tokens", "max_tokens").replace("decode.", "")
+            raise ApiError(400, message, "invalid_request_error", _param_of(message)) from None
         loop = asyncio.get_running_loop()
         pending = [Pending(prompt, adapter, settings, loop, loop.create_future()) for prompt in ids]
         try:
@@ -281,14 +208,32 @@ def prompt_list(prompt) -> list[str | list[int]]:
     return list(prompt)
 
 
-def _adapter_name(model: str, catalog: AdapterCatalog) -> str | None:
-    """The bank name for a request's `model` (None for the base); 404 for a name nobody serves."""
+def _field(error: dict) -> str | None:
+    """The request field a validation error is about (None for a body that is not JSON at all)."""
+    if error.get("type") == "json_invalid":
+        return None
+    names = [str(part) for part in error.get("loc", ()) if part != "body" and isinstance(part, str)]
+    return names[0] if names else None
+
+
+REQUEST_FIELDS = ("prompt", "max_tokens", "beam", "length_penalty", "no_repeat_ngram_size", "repetition_penalty")
+
+
+def _param_of(message: str) -> str | None:
+    """The request field a library check's message starts with (`prompt 3 ...`, `beam=0 ...`), if any."""
+    return next((name for name in REQUEST_FIELDS if message.startswith((f"{name} ", f"{name}="))), None)
+
+
+def _adapter_version(model: str, catalog: AdapterCatalog):
+    """The loaded version of the adapter a request's `model` names (None for the base); 404 for a
+    name nobody serves. A request keeps that version to its end, whatever happens to the directory."""
     if model == BASE_NAME:
         return None
     if model not in catalog.bank.adapters:
         catalog.refresh(force=True)  # an adapter added since the last scan is served at once
-    if model in catalog.bank.adapters:
-        return model
+    version = catalog.bank.adapters.get(model)
+    if version is not None:
+        return version
     reason = catalog.failures.get(model)
     message = f"adapter {model!r} could not be loaded: {reason}" if reason else \
         f"no adapter named {model!r}; GET /v1/models lists them"

@@ -17,7 +17,9 @@ class ServeConfig:
         adapter, so adapters added at runtime are served without a restart (null: the base only).
     host, port: where to listen.
     batch_window_ms: how long the first queued prompt waits for others to join its batch.
-    max_batch: prompts decoded together at most (each with its own adapter).
+    max_batch: prompts decoded together at most (each with its own adapter and search settings).
+    join_running: queued prompts join the running search between steps (continuous batching);
+        false: they wait until the running batch is done (static batching, for comparison).
     max_queue: prompts waiting at most; a request that would exceed it is answered 503.
     max_prompts_per_request: the longest `prompt` list one request may send.
     cache_mb: bound of the materialised adapter factors (LRU; coefficients always stay resident).
@@ -29,6 +31,7 @@ class ServeConfig:
     port: int = 8000
     batch_window_ms: float = 5.0
     max_batch: int = 32
+    join_running: bool = True
     max_queue: int = 256
     max_prompts_per_request: int = 64
     rescan_s: float = 2.0
