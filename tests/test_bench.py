@@ -219,3 +219,21 @@ def test_server_load_bench_answers_every_request(vocab_dir):
     assert 0 < result["p50_s"] <= result["p99_s"] and 1 <= result["decode_batches"] <= 8
     assert bench_server_load(quick=True, vocab_dir=vocab_dir.parent / "none") == {
         "skipped": f"no GPT-2 vocabulary at {vocab_dir.parent / 'none'} (make data)"}
+
+
+def test_serving_bench_measures_both_loads_with_no_errors(vocab_dir):
+    from nola.bench.machine import describe_machine
+    from nola.bench.report import goals, render_markdown
+    from nola.bench.serving import run
+
+    result = run(quick=True, vocab_dir=vocab_dir)
+    varied, mixed = result["varied_max_tokens"], result["mixed_lengths"]
+    assert varied["errors"] == 0 and varied["same_answers"] and len(set(varied["max_tokens"])) == varied["requests"]
+    assert varied["concurrent_over_sequential"] == pytest.approx(varied["concurrent_s"] / varied["sequential_s"])
+    for mode in ("joining", "static"):
+        row = mixed[mode]
+        assert row["errors"] == 0 and 0 < row["short_p50_s"] <= row["short_p99_s"] and row["requests_per_s"] > 0
+    section = {"serving": {"date": "d", "machine": describe_machine(), "settings": {}, "duration_s": 1.0, "load_average_before": None,
+                           "load_average_after": None, "result": result}}
+    assert [g["measured"] for g in goals(section)] == [varied["concurrent_over_sequential"], 0]
+    assert "join the running search" in render_markdown({"sections": section, "goals": goals(section)})

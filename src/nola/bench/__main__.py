@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from nola.allocator import keep_freed_memory
-from nola.bench import adapter_step, decode, gpu, multi_adapter, training
+from nola.bench import adapter_step, decode, gpu, multi_adapter, serving, training
 from nola.bench.machine import describe_machine, load_average
 from nola.bench.report import SECTION_ORDER, merge_sections, read_report, write_report
 from nola.errors import NolaError, exit_on_user_error
@@ -52,6 +52,11 @@ SECTIONS: dict[str, tuple[Callable[..., dict], dict, dict]] = {
     "multi_adapter": (  # 1,000 NOLA adapters on GPT-2 S shapes; 32 prompts, 32 adapters; server load test
         multi_adapter.run,
         dict(repeats=3),
+        dict(quick=True),
+    ),
+    "serving": (  # the server's batching: varied max_tokens, short requests among long ones (join vs not)
+        serving.run,
+        dict(),
         dict(quick=True),
     ),
     "gpu": (

@@ -20,47 +20,25 @@ requests in all; requests/s, p50/p99 latency and the error count.
 from __future__ import annotations
 
 import copy
-import json
 import random
-import socket
 import statistics
 import tempfile
-import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from nola.adapters import adapted_layers, inject_adapters, load_adapter, merge_adapters, save_adapter, unmerge_adapters
+from nola.adapters import adapted_layers, inject_adapters, load_adapter, merge_adapters, unmerge_adapters
 from nola.adapters.bank import AdapterBank
 from nola.adapters.config import AdapterConfig
 from nola.bench.decode import make_prompts
+from nola.bench.random_adapters import NOLA_S, mini_base_with_adapters, save_nola_adapters
+from nola.bench.serving import percentile, post, running_server, serving_extra_missing
 from nola.bench.timing import ratio, summarize, time_alternating
 from nola.decode.beam import search
 from nola.decode.config import SearchSettings
 from nola.model import GPT2Config, base_fingerprint, init_gpt2
-
-NOLA_S = dict(kind="nola", rank=8, alpha=8.0, num_basis_a=512, num_basis_b=512, base_seed=0)  # GPT-2 S q, v
-
-
-def save_nola_adapters(base, root: Path, count: int, settings: dict, seed: int = 0) -> list[Path]:
-    """`count` NOLA adapters with random coefficients and the same bases, saved as training saves them."""
-    model = copy.deepcopy(base)
-    inject_adapters(model, AdapterConfig(**settings))
-    fingerprint = base_fingerprint(base)
-    generator = torch.Generator().manual_seed(seed)
-    params = [param for param in model.parameters() if param.requires_grad]
-    paths = []
-    for index in range(count):
-        with torch.no_grad():
-            for param in params:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-        paths.append(save_adapter(model, root / f"adapter-{index:04d}", base_fingerprint=fingerprint,
-                                  model_name="bench"))
-    return paths
-
 
 def bench_many_adapters(*, quick: bool = False, adapters: int | None = None, prompts: int | None = None,
                         repeats: int | None = None, warmup: int = 1, beam: int | None = None,
@@ -137,73 +115,36 @@ def bench_many_adapters(*, quick: bool = False, adapters: int | None = None, pro
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def bench_server_load(*, quick: bool = False, clients: int | None = None, requests: int | None = None,
                       adapters: int | None = None, max_tokens: int | None = None, beam: int | None = None,
                       seed: int = 0, vocab_dir: str | Path = "data/vocab") -> dict:
     """requests/s and latency of the served app under `clients` concurrent clients (module docstring).
     The prompts are text, so the GPT-2 vocabulary is needed (`make data` puts it in data/vocab)."""
-    try:
-        import uvicorn
-
-        from nola.serve.app import AdapterCatalog, create_app
-        from nola.serve.config import ServeConfig
-    except ImportError as err:
-        return {"skipped": f"{err.name} is not installed (pip install -e '.[serve]')"}
-    from nola.tokenizer import load_tokenizer
-
+    missing = serving_extra_missing()
+    if missing:
+        return {"skipped": missing}
     if not (Path(vocab_dir) / "encoder.json").is_file():
         return {"skipped": f"no GPT-2 vocabulary at {vocab_dir} (make data)"}
-    config = GPT2Config.named("tiny" if quick else "mini")
     clients, total = clients or (4 if quick else 16), requests or (8 if quick else 128)
     count, tokens, beam = adapters or 4, max_tokens or (4 if quick else 16), beam or (2 if quick else 4)
-    base = init_gpt2(config, seed).eval().requires_grad_(False)
-    settings = dict(NOLA_S, num_basis_a=32, num_basis_b=32, rank=4)
     with tempfile.TemporaryDirectory(prefix="nola-bench-serve-") as tmp:
-        save_nola_adapters(base, Path(tmp), count, settings, seed)
-        model = copy.deepcopy(base)
-        bank = AdapterBank(model, base_fingerprint(base))
-        serve_cfg = ServeConfig(adapters_dir=tmp, port=_free_port(), max_queue=4 * total)
-        app = create_app(model, load_tokenizer(vocab_dir), bank, AdapterCatalog(bank, tmp, 60.0), serve_cfg)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=serve_cfg.port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        names = [f"adapter-{i:04d}" for i in range(count)] + ["base"]
-        rng = random.Random(seed)
-        bodies = [{"model": rng.choice(names), "prompt": f"name : Place {i} | food : Thai | area : riverside",
-                   "max_tokens": tokens, "beam": beam} for i in range(total)]
-
-        def ask(body: dict) -> tuple[bool, float]:
+        base, adapter_names = mini_base_with_adapters(Path(tmp), count, seed, quick)
+        with running_server(base, Path(tmp), vocab_dir, max_queue=4 * total) as (port, app):
+            names = adapter_names + ["base"]
+            rng = random.Random(seed)
+            bodies = [{"model": rng.choice(names), "prompt": f"name : Place {i} | food : Thai | area : riverside",
+                       "max_tokens": tokens, "beam": beam} for i in range(total)]
             started = time.perf_counter()
-            request = urllib.request.Request(f"http://127.0.0.1:{serve_cfg.port}/v1/completions",
-                                             data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(request, timeout=300) as response:
-                    ok = response.status == 200 and bool(json.loads(response.read())["choices"])
-            except OSError:
-                ok = False
-            return ok, time.perf_counter() - started
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=clients) as pool:
-            outcomes = list(pool.map(ask, bodies))
-        elapsed = time.perf_counter() - started
-        batches = app.state.worker.batches
-        server.should_exit = True
-        thread.join(60)
-    latencies = sorted(seconds for _, seconds in outcomes)
+            with ThreadPoolExecutor(max_workers=clients) as pool:
+                outcomes = list(pool.map(lambda body: post(port, body), bodies))
+            elapsed = time.perf_counter() - started
+            batches = app.state.worker.batches
+    latencies = [seconds for _, _, seconds in outcomes]
     return {
         "model": f"{'tiny' if quick else 'mini'} shapes, random weights", "adapters": count, "clients": clients,
-        "requests": total, "max_tokens": tokens, "beam": beam, "errors": sum(not ok for ok, _ in outcomes),
-        "requests_per_s": total / elapsed, "p50_s": statistics.median(latencies),
-        "p99_s": latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))],
+        "requests": total, "max_tokens": tokens, "beam": beam,
+        "errors": sum(status != 200 or not answer.get("choices") for status, answer, _ in outcomes),
+        "requests_per_s": total / elapsed, "p50_s": statistics.median(latencies), "p99_s": percentile(latencies, 0.99),
         "decode_batches": batches, "threads": torch.get_num_threads(),
     }
 

@@ -14,7 +14,7 @@ from nola.fileio import write_json_atomic, write_text_atomic
 from nola.errors import NolaError
 
 SCHEMA = 1
-SECTION_ORDER = ("adapter_step", "training", "decode", "multi_adapter", "gpu")
+SECTION_ORDER = ("adapter_step", "training", "decode", "multi_adapter", "serving", "gpu")
 MIB = 2**20
 
 
@@ -103,6 +103,14 @@ def goals(sections: dict) -> list[dict]:
         server = many.get("server", {})
         if "errors" in server:
             found.append(_goal("server load test: failed requests", server["errors"], 0, False))
+    serving = _result(sections, "serving")
+    if serving:
+        varied = serving["varied_max_tokens"]
+        found.append(_goal(f"{varied['requests']} concurrent requests differing only in max_tokens / the same sent "
+                           "one after another (time)", varied["concurrent_over_sequential"], 0.5, False))
+        mixed = serving["mixed_lengths"]
+        found.append(_goal("serving: failed requests (varied max_tokens, mixed lengths)",
+                           varied["errors"] + mixed["joining"]["errors"] + mixed["static"]["errors"], 0, False))
     gpu = _result(sections, "gpu")
     if gpu:
         device = gpu["machine"]["device_name"]
@@ -312,5 +320,25 @@ def _multi_adapter(result: dict) -> list[str]:
         f"ms, {server['errors']} errors, {server['decode_batches']} decode batches.", ""]
 
 
+def _serving(result: dict) -> list[str]:
+    varied, mixed = result["varied_max_tokens"], result["mixed_lengths"]
+    lines = [f"{result['model']}, {result['adapters']} NOLA adapters, the app on 127.0.0.1, {result['threads']} "
+             "threads.", "",
+             f"- {varied['requests']} requests differing only in max_tokens ({min(varied['max_tokens'])}-"
+             f"{max(varied['max_tokens'])}), beam {varied['beam']}: one after another {varied['sequential_s']:.2f} s, "
+             f"all at once {varied['concurrent_s']:.2f} s (×{_num(varied['concurrent_over_sequential'])}); "
+             f"same answers both ways: {'yes' if varied['same_answers'] else 'NO'}; {varied['errors']} errors.",
+             f"- mixed lengths: {mixed['clients']} clients, each {mixed['requests_per_client']} requests alternating "
+             f"max_tokens {mixed['short_max_tokens']} and {mixed['long_max_tokens']}, beam {mixed['beam']}:", "",
+             "| queued prompts | short p50 (ms) | short p99 (ms) | long p50 (ms) | long p99 (ms) | requests/s | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, label in (("joining", "join the running search"), ("static", "wait for the batch to end")):
+        row = mixed[key]
+        lines.append(f"| {label} | {row['short_p50_s'] * 1e3:.0f} | {row['short_p99_s'] * 1e3:.0f} | "
+                     f"{row['long_p50_s'] * 1e3:.0f} | {row['long_p99_s'] * 1e3:.0f} | {row['requests_per_s']:.1f} | "
+                     f"{row['errors']} |")
+    return lines + ["", f"Short requests' p50, waiting / joining: ×{_num(mixed['short_p50_static_over_joining'])}.", ""]
+
+
 RENDERERS = {"adapter_step": _adapter_step, "training": _training, "decode": _decode,
-             "multi_adapter": _multi_adapter, "gpu": _gpu}
+             "multi_adapter": _multi_adapter, "serving": _serving, "gpu": _gpu}
