@@ -24,6 +24,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
 pytestmark = pytest.mark.slow  # every test starts a server process (about 40 s in all)
 
 from nola.decode.beam import search  # noqa: E402
@@ -49,10 +50,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def call(port: int, path: str, body: dict | bytes | None = None, timeout: float = 120.0) -> tuple[int, dict]:
+def call(port: int, path: str, body: dict | bytes | None = None, timeout: float = 120.0,
+         key: str | None = None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -61,14 +63,14 @@ def call(port: int, path: str, body: dict | bytes | None = None, timeout: float 
 
 
 class Server:
-    def __init__(self, root: Path, vocab_dir: Path, adapters_dir: Path, *extra: str) -> None:
+    def __init__(self, root: Path, vocab_dir: Path, adapters_dir: Path, *extra: str, env: dict | None = None) -> None:
         self.port = free_port()
         self.log = (root / f"server-{self.port}.log").open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nola.serve", "model=tiny", "model.source=random", f"paths.vocab_dir={vocab_dir}",
              f"paths.runs_dir={root / 'runs'}", f"serve.adapters_dir={adapters_dir}", f"serve.port={self.port}",
              "train.device=cpu", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env=subprocess_env())
+            stdout=self.log, stderr=subprocess.STDOUT, env={**subprocess_env(), **(env or {})})
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -243,3 +245,69 @@ def test_token_id_prompts_and_prompt_lists(served, base, vocab_dir):
                                                             "beam": BEAM})
     assert status_one == 200 and one["choices"][0]["text"] == texts["choices"][1]["text"]
     assert call(server.port, "/v1/completions", {"model": "nola", "prompt": [10**6]})[0] == 400
+
+
+def metric_values(port: int, key: str | None = None) -> dict[tuple[str, tuple], float]:
+    """/metrics parsed by the Prometheus client's own text parser: (sample name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers),
+                                timeout=30) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_api_key_limits_and_metrics(base, tmp_path, vocab_dir):
+    adapters = save_random_adapters(base, tmp_path / "adapters", {"lora": SERVED["lora"]})
+    server = Server(tmp_path, vocab_dir, adapters, "serve.max_tokens_limit=8", "serve.max_beam=4",
+                    "serve.max_body_bytes=2000", env={"NOLA_API_KEY": "s3cret"})
+    body = {"model": "lora", "prompt": "name : Aromi", "max_tokens": 3, "beam": 2}
+    try:
+        assert call(server.port, "/health")[0] == 200  # the one endpoint without a key
+        for key in (None, "wrong"):
+            status, answer = call(server.port, "/v1/completions", body, key=key)
+            assert status == 401 and answer["error"]["type"] == "authentication_error"
+            assert call(server.port, "/v1/models", key=key)[0] == 401
+        assert call(server.port, "/v1/completions", body, key="s3cret")[0] == 200
+        for change, fragment in (({"max_tokens": 9}, "serve.max_tokens_limit=8"), ({"beam": 5}, "serve.max_beam=4")):
+            status, answer = call(server.port, "/v1/completions", {**body, **change}, key="s3cret")
+            assert status == 400 and fragment in answer["error"]["message"]
+            assert answer["error"]["param"] == next(iter(change))
+        status, answer = call(server.port, "/v1/completions", {**body, "prompt": "x" * 3000}, key="s3cret")
+        assert status == 413 and "serve.max_body_bytes" in answer["error"]["message"]
+        values = metric_values(server.port, "s3cret")
+        assert values[("nola_requests_total", (("adapter", "lora"), ("status", "200")))] == 1
+        assert values[("nola_requests_total", (("adapter", "lora"), ("status", "400")))] == 2
+        assert values[("nola_resident_adapters", ())] == 1 and values[("nola_queue_depth", ())] == 0
+        assert values[("nola_batch_rows_count", ())] >= 1 and values[("nola_decode_seconds_count", ())] == 1
+        log = (tmp_path / f"server-{server.port}.log").read_text()
+        assert "s3cret" not in log and "Aromi" not in log and '"path": "/v1/completions"' in log
+    finally:
+        server.stop()
+
+
+def test_a_deadline_answers_504_and_its_prompt_is_not_decoded(base, tmp_path, vocab_dir):
+    adapters = save_random_adapters(base, tmp_path / "adapters", {"lora": SERVED["lora"]})
+    server = Server(tmp_path, vocab_dir, adapters, "serve.batch_window_ms=1500", "serve.request_timeout_s=0.3")
+    try:
+        started = time.monotonic()
+        status, answer = call(server.port, "/v1/completions", {"model": "lora", "prompt": "name : Aromi",
+                                                               "max_tokens": 4})
+        assert status == 504 and "serve.request_timeout_s=0.3" in answer["error"]["message"]
+        assert time.monotonic() - started < 1.4  # answered at its deadline, not after the batch window
+        time.sleep(2.0)  # past the batch window: the worker took the queue and dropped the prompt
+        values = metric_values(server.port)
+        assert values[("nola_prompts_dropped_total", (("where", "queue"),))] == 1
+        assert values.get(("nola_decode_seconds_count", ()), 0) == 0  # it was never decoded
+        assert values[("nola_requests_total", (("adapter", "lora"), ("status", "504")))] == 1
+    finally:
+        server.stop()
+
+
+def test_a_public_host_without_a_key_is_refused_before_the_model_is_built(tmp_path, vocab_dir):
+    done = subprocess.run([sys.executable, "-m", "nola.serve", "model=tiny", "model.source=random",
+                           f"paths.vocab_dir={vocab_dir}", f"paths.runs_dir={tmp_path}", "serve.host=0.0.0.0",
+                           "train.device=cpu"], capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert done.returncode != 0 and "no API key is set" in done.stderr and "Traceback" not in done.stderr

@@ -176,6 +176,7 @@ class AdapterBank:
         self._cache: OrderedDict[tuple[str, int], dict[str, Factors]] = OrderedDict()  # by BankedAdapter.key
         self._cached_bytes = 0
         self._loads = 0
+        self.cache_hits = self.cache_misses = 0  # factor lookups served from the cache / materialised
         self._skeletons: dict[tuple, GPT2] = {}
         self._lock = threading.RLock()
         self.device = model.transformer.wte.weight.device
@@ -265,6 +266,8 @@ class AdapterBank:
         with self._lock:
             versions = [self.resolve(a) if isinstance(a, str) else a for a in adapters]
             missing = list({v.key: v for v in versions if v.key not in self._cache}.values())
+            self.cache_misses += len(missing)
+            self.cache_hits += len({v.key for v in versions}) - len(missing)
             if missing:
                 for adapter, layers in zip(missing, self._materialise(missing)):
                     self._cache[adapter.key] = layers

@@ -45,6 +45,7 @@ def serving_extra_missing() -> str | None:
     """Why the server cannot run here (its extra is not installed), or None."""
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as err:
         return f"{err.name} is not installed (pip install -e '.[serve]')"

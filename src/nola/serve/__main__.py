@@ -3,7 +3,9 @@
     python -m nola.serve model=gpt2-medium serve.adapters_dir=runs/served serve.port=8000
     curl localhost:8000/v1/completions -d '{"model": "e2e", "prompt": "name : Zizzi | food : Thai"}'
 
-Needs the `serve` extra (`pip install -e ".[serve]"`: FastAPI and uvicorn). The base is built as
+Needs the `serve` extra (`pip install -e ".[serve]"`: FastAPI, uvicorn, prometheus-client). On a
+network: `NOLA_API_KEY=... python -m nola.serve serve.host=0.0.0.0` (a non-loopback host without a
+key is refused unless serve.allow_unauthenticated=true). The base is built as
 decoding builds it (`model`, `paths`; `train.device`), with no adapter of its own; every
 subdirectory of `serve.adapters_dir` is an adapter named after it, loaded into an
 `nola.adapters.bank.AdapterBank`. SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight
@@ -13,6 +15,7 @@ requests finish (at most serve.drain_timeout_s), then exits. The API: `nola.serv
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -35,10 +38,13 @@ def build_server(cfg: DictConfig):
                         'pip install -e ".[serve]"') from None
     from nola.adapters.bank import AdapterBank
     from nola.build import build_model
+    from nola.serve.config import check_exposure, resolved_api_key
     from nola.training.distributed import pick_device
 
     typed = typed_config(cfg)
     serve_cfg = typed.serve
+    api_key = resolved_api_key(serve_cfg, os.environ)
+    check_exposure(serve_cfg, api_key)
     if serve_cfg.adapters_dir is not None and not Path(serve_cfg.adapters_dir).is_dir():
         raise NolaError(f"serve.adapters_dir={serve_cfg.adapters_dir}: no such directory; create it (adapters can "
                         "be added to it while the server runs)")
@@ -47,7 +53,7 @@ def build_server(cfg: DictConfig):
     built = build_model(base_cfg, for_training=False, device=device)
     bank = AdapterBank(built.model, built.base_fingerprint, cache_bytes=int(serve_cfg.cache_mb * 2**20))
     catalog = AdapterCatalog(bank, serve_cfg.adapters_dir, serve_cfg.rescan_s)
-    return create_app(built.model, built.tokenizer, bank, catalog, serve_cfg), serve_cfg
+    return create_app(built.model, built.tokenizer, bank, catalog, serve_cfg, api_key), serve_cfg
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

@@ -20,6 +20,8 @@ unknown adapter 404.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import logging
 import threading
 import time
@@ -30,7 +32,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from nola.adapters.bank import AdapterBank
@@ -39,10 +42,13 @@ from nola.decode.beam import check_inputs
 from nola.decode.config import PAPER_SETTINGS, SearchSettings
 from nola.decode.hypotheses import context_prompts, hypothesis_text
 from nola.errors import NolaError
+from nola.serve.metrics import ServerMetrics
 from nola.serve.worker import DecodeWorker, Pending, QueueFull
 
 BASE_NAME = "base"
 log = logging.getLogger("nola.serve")
+access_log = logging.getLogger("nola.serve.access")  # one JSON line per request; prompts only with serve.log_prompts
+POLL_S = 0.05  # how often a waiting request looks at its deadline
 
 
 class CompletionRequest(BaseModel):
@@ -112,11 +118,15 @@ class AdapterCatalog:
         return [BASE_NAME, *sorted(self.bank.adapters)]
 
 
-def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, serve_cfg) -> FastAPI:
-    """The FastAPI application; the decode worker runs for the app's lifetime and drains on shutdown."""
+def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, serve_cfg,
+               api_key: str | None = None) -> FastAPI:
+    """The FastAPI application; the decode worker runs for the app's lifetime and drains on shutdown.
+    api_key: what `Authorization: Bearer` must carry on every endpoint but /health (None: nothing)."""
     worker = DecodeWorker(model, bank.routes, window_s=float(serve_cfg.batch_window_ms) / 1000.0,
                           max_batch=int(serve_cfg.max_batch), max_queue=int(serve_cfg.max_queue),
                           join_running=bool(serve_cfg.join_running))
+    metrics = ServerMetrics(bank, lambda: worker.queued)
+    worker.events = metrics.events
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -128,7 +138,42 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
             await asyncio.get_running_loop().run_in_executor(None, worker.stop)
 
     app = FastAPI(title="nola.serve", lifespan=lifespan)
-    app.state.worker = worker
+    app.state.worker, app.state.metrics = worker, metrics
+
+    @app.middleware("http")
+    async def guard_and_log(request: Request, call_next):
+        """Authentication and the body bound before any work; one access-log line per request."""
+        started = time.monotonic()
+        request.state.log = {}
+        if api_key is not None and request.url.path != "/health":
+            sent = request.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {api_key}".encode()):
+                return _logged(request, started, JSONResponse(error_body(
+                    "missing or wrong API key: send the header Authorization: Bearer <key>", "authentication_error"),
+                    status_code=401))
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return _logged(request, started, JSONResponse(error_body(
+                    "send the request body with a Content-Length header", "invalid_request_error"), status_code=411))
+            if int(length) > int(serve_cfg.max_body_bytes):
+                return _logged(request, started, JSONResponse(error_body(
+                    f"the request body has {int(length):,} bytes; serve.max_body_bytes allows "
+                    f"{int(serve_cfg.max_body_bytes):,}", "invalid_request_error"), status_code=413))
+        return _logged(request, started, await call_next(request))
+
+    def _logged(request: Request, started: float, response):
+        fields = getattr(request.state, "log", {})
+        if request.url.path == "/v1/completions":
+            metrics.requests.labels(status=str(response.status_code), adapter=fields.get("model", "-")).inc()
+        access_log.info(json.dumps({"method": request.method, "path": request.url.path,
+                                    "status": response.status_code, "seconds": round(time.monotonic() - started, 4),
+                                    **fields}, ensure_ascii=False))
+        return response
+
+    @app.get("/metrics")
+    async def metrics_text() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -153,12 +198,18 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
                 "steps": worker.steps}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> dict[str, Any]:
+    async def completions(body: CompletionRequest, request: Request) -> dict[str, Any]:
+        request.state.log = {"model": body.model}
         if body.stream:
             raise ApiError(400, "stream=true is not supported; the answer comes whole", "invalid_request_error", "stream")
         if body.n != 1:
             raise ApiError(400, "n must be 1: beam search returns one best hypothesis per prompt",
                            "invalid_request_error", "n")
+        for name, value, bound in (("max_tokens", body.max_tokens, serve_cfg.max_tokens_limit),
+                                   ("beam", body.beam, serve_cfg.max_beam)):
+            if value > int(bound):
+                raise ApiError(400, f"{name}={value} is above this server's limit serve.{_limit_key(name)}={bound}",
+                               "invalid_request_error", name)
         prompts = prompt_list(body.prompt)
         if not prompts or len(prompts) > int(serve_cfg.max_prompts_per_request):
             raise ApiError(400, f"prompt must hold 1 to {serve_cfg.max_prompts_per_request} prompts",
@@ -183,10 +234,14 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
             worker.submit(pending)
         except QueueFull:
             raise ApiError(503, "the server is busy (decode queue full); retry later", "server_busy") from None
-        found = await asyncio.gather(*(item.future for item in pending))
+        request.state.log.update(prompts=len(ids), prompt_tokens=sum(len(p) for p in ids))
+        if serve_cfg.log_prompts:
+            request.state.log["prompt"] = body.prompt
+        found = await _answers(request, pending, float(serve_cfg.request_timeout_s), worker)
         choices = [{"text": hypothesis_text(tokenizer, h.tokens), "index": i, "logprobs": None,
                     "finish_reason": "stop" if h.finished else "length"} for i, h in enumerate(found)]
         completion_tokens = sum(len(h.tokens) for h in found)
+        request.state.log["completion_tokens"] = completion_tokens
         prompt_tokens = sum(len(prompt) for prompt in ids)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": body.model, "choices": choices,
@@ -194,6 +249,29 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
                           "total_tokens": prompt_tokens + completion_tokens}}
 
     return app
+
+
+def _limit_key(name: str) -> str:
+    return "max_tokens_limit" if name == "max_tokens" else f"max_{name}"
+
+
+async def _answers(request: Request, pending: list[Pending], timeout_s: float, worker: DecodeWorker):
+    """The hypotheses of `pending`, in order; a passed deadline cancels them (the worker drops them
+    from its queue, or from its running batch at the next step) and answers 504."""
+    waiting = asyncio.gather(*(item.future for item in pending))
+    deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+    while True:
+        try:
+            found = await asyncio.wait_for(asyncio.shield(waiting), timeout=POLL_S)
+            return found
+        except asyncio.TimeoutError:
+            pass
+        if deadline is not None and time.monotonic() > deadline:
+            for item in pending:
+                item.cancelled = True
+            worker.wake()
+            raise ApiError(504, f"the request was not answered within serve.request_timeout_s={timeout_s:g} s; "
+                           "its prompts were dropped", "timeout_error")
 
 
 def prompt_list(prompt) -> list[str | list[int]]:
