@@ -306,6 +306,24 @@ def test_a_deadline_answers_504_and_its_prompt_is_not_decoded(base, tmp_path, vo
         server.stop()
 
 
+def test_a_client_that_goes_away_is_not_decoded(base, tmp_path, vocab_dir):
+    adapters = save_random_adapters(base, tmp_path / "adapters", {"lora": SERVED["lora"]})
+    server = Server(tmp_path, vocab_dir, adapters, "serve.batch_window_ms=1500", "serve.request_timeout_s=60")
+    body = json.dumps({"model": "lora", "prompt": "name : Aromi", "max_tokens": 4}).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            time.sleep(0.2)
+        time.sleep(2.5)  # past the batch window: the worker took the queue and dropped the prompt
+        values = metric_values(server.port)
+        assert values[("nola_prompts_dropped_total", (("where", "queue"),))] == 1
+        assert values.get(("nola_decode_seconds_count", ()), 0) == 0
+        assert '"status": 499' in (tmp_path / f"server-{server.port}.log").read_text()
+    finally:
+        server.stop()
+
+
 def test_a_public_host_without_a_key_is_refused_before_the_model_is_built(tmp_path, vocab_dir):
     done = subprocess.run([sys.executable, "-m", "nola.serve", "model=tiny", "model.source=random",
                            f"paths.vocab_dir={vocab_dir}", f"paths.runs_dir={tmp_path}", "serve.host=0.0.0.0",

@@ -48,7 +48,7 @@ from nola.serve.worker import DecodeWorker, Pending, QueueFull
 BASE_NAME = "base"
 log = logging.getLogger("nola.serve")
 access_log = logging.getLogger("nola.serve.access")  # one JSON line per request; prompts only with serve.log_prompts
-POLL_S = 0.05  # how often a waiting request looks at its deadline
+POLL_S = 0.05  # how often a waiting request looks for its client having gone or its deadline
 
 
 class CompletionRequest(BaseModel):
@@ -140,36 +140,14 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
     app = FastAPI(title="nola.serve", lifespan=lifespan)
     app.state.worker, app.state.metrics = worker, metrics
 
-    @app.middleware("http")
-    async def guard_and_log(request: Request, call_next):
-        """Authentication and the body bound before any work; one access-log line per request."""
-        started = time.monotonic()
-        request.state.log = {}
-        if api_key is not None and request.url.path != "/health":
-            sent = request.headers.get("authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {api_key}".encode()):
-                return _logged(request, started, JSONResponse(error_body(
-                    "missing or wrong API key: send the header Authorization: Bearer <key>", "authentication_error"),
-                    status_code=401))
-        if request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                return _logged(request, started, JSONResponse(error_body(
-                    "send the request body with a Content-Length header", "invalid_request_error"), status_code=411))
-            if int(length) > int(serve_cfg.max_body_bytes):
-                return _logged(request, started, JSONResponse(error_body(
-                    f"the request body has {int(length):,} bytes; serve.max_body_bytes allows "
-                    f"{int(serve_cfg.max_body_bytes):,}", "invalid_request_error"), status_code=413))
-        return _logged(request, started, await call_next(request))
+    def finished(scope: dict, status: int, seconds: float) -> None:
+        fields = scope.get("state", {}).get("log", {})
+        if scope["path"] == "/v1/completions":
+            metrics.requests.labels(status=str(status), adapter=fields.get("model", "-")).inc()
+        access_log.info(json.dumps({"method": scope["method"], "path": scope["path"], "status": status,
+                                    "seconds": round(seconds, 4), **fields}, ensure_ascii=False))
 
-    def _logged(request: Request, started: float, response):
-        fields = getattr(request.state, "log", {})
-        if request.url.path == "/v1/completions":
-            metrics.requests.labels(status=str(response.status_code), adapter=fields.get("model", "-")).inc()
-        access_log.info(json.dumps({"method": request.method, "path": request.url.path,
-                                    "status": response.status_code, "seconds": round(time.monotonic() - started, 4),
-                                    **fields}, ensure_ascii=False))
-        return response
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=int(serve_cfg.max_body_bytes), finished=finished)
 
     @app.get("/metrics")
     async def metrics_text() -> Response:
@@ -199,7 +177,7 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> dict[str, Any]:
-        request.state.log = {"model": body.model}
+        request.state.log.update(model=body.model)
         if body.stream:
             raise ApiError(400, "stream=true is not supported; the answer comes whole", "invalid_request_error", "stream")
         if body.n != 1:
@@ -251,13 +229,55 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
     return app
 
 
+class Guard:
+    """ASGI middleware: the API key and the body bound checked before any work, then `finished`
+    (scope, status, seconds) once per request (the access log, the request counter). Written as
+    plain ASGI so the endpoint still sees its client's disconnect (`Request.is_disconnected`)."""
+
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int, finished) -> None:
+        self.app, self.api_key, self.max_body_bytes, self.finished = app, api_key, max_body_bytes, finished
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, seen = time.monotonic(), {}
+        scope.setdefault("state", {})["log"] = {}
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            await send(message)
+
+        refusal = self._refusal(scope)
+        await (refusal or self.app)(scope, receive, sending)
+        self.finished(scope, seen.get("status", 500), time.monotonic() - started)
+
+    def _refusal(self, scope) -> JSONResponse | None:
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        if self.api_key is not None and scope["path"] != "/health":
+            sent = headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {self.api_key}".encode()):
+                return JSONResponse(error_body("missing or wrong API key: send the header Authorization: Bearer <key>",
+                                               "authentication_error"), status_code=401)
+        if scope["method"] == "POST":
+            length = headers.get("content-length", "")
+            if not length.isdigit():
+                return JSONResponse(error_body("send the request body with a Content-Length header",
+                                               "invalid_request_error"), status_code=411)
+            if int(length) > self.max_body_bytes:
+                return JSONResponse(error_body(f"the request body has {int(length):,} bytes; serve.max_body_bytes "
+                                               f"allows {self.max_body_bytes:,}", "invalid_request_error"),
+                                    status_code=413)
+        return None
+
+
 def _limit_key(name: str) -> str:
     return "max_tokens_limit" if name == "max_tokens" else f"max_{name}"
 
 
 async def _answers(request: Request, pending: list[Pending], timeout_s: float, worker: DecodeWorker):
-    """The hypotheses of `pending`, in order; a passed deadline cancels them (the worker drops them
-    from its queue, or from its running batch at the next step) and answers 504."""
+    """The hypotheses of `pending`, in order; a client that goes away or a passed deadline cancels
+    them (the worker drops them from its queue, or from its running batch at the next step)."""
     waiting = asyncio.gather(*(item.future for item in pending))
     deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
     while True:
@@ -266,12 +286,16 @@ async def _answers(request: Request, pending: list[Pending], timeout_s: float, w
             return found
         except asyncio.TimeoutError:
             pass
-        if deadline is not None and time.monotonic() > deadline:
+        gone = await request.is_disconnected()
+        late = deadline is not None and time.monotonic() > deadline
+        if gone or late:
             for item in pending:
                 item.cancelled = True
             worker.wake()
-            raise ApiError(504, f"the request was not answered within serve.request_timeout_s={timeout_s:g} s; "
-                           "its prompts were dropped", "timeout_error")
+            if late:
+                raise ApiError(504, f"the request was not answered within serve.request_timeout_s={timeout_s:g} s; "
+                               "its prompts were dropped", "timeout_error")
+            raise ApiError(499, "the client closed the connection; its prompts were dropped", "client_closed")
 
 
 def prompt_list(prompt) -> list[str | list[int]]:
