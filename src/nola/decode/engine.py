@@ -86,9 +86,6 @@ class BeamBatch:
         """Live beams (rows of the next forward)."""
         return sum(cohort.live_rows() for cohort in self.cohorts)
 
-    def tickets(self) -> list[Hashable]:
-        return [cohort.tickets[i] for cohort in self.cohorts for i in cohort.active.tolist()]
-
     # ------------------------------------------------------------------ joining
     def admit(self, entries: Sequence[Entry]) -> list[tuple[Hashable, BeamHypothesis]]:
         """Prefill `entries` together and add them to the batch; returns those already done
