@@ -74,17 +74,13 @@ class BeamBatch:
         self.cohorts: list[_Cohort] = []
         self._routes = None
         self._routed: list[object] = []  # the adapters `_routes` holds, in slot order
-        self.steps = 0
+        self._capacity = 0  # timeline columns the cache must hold for every live input to reach its limit
+        self.last_rows = 0  # rows (live beams) of the last step's forward
 
     @property
     def inputs(self) -> int:
         """Inputs still searching."""
         return sum(cohort.active.shape[0] for cohort in self.cohorts)
-
-    @property
-    def rows(self) -> int:
-        """Live beams (rows of the next forward)."""
-        return sum(cohort.live_rows() for cohort in self.cohorts)
 
     # ------------------------------------------------------------------ joining
     def admit(self, entries: Sequence[Entry]) -> list[tuple[Hashable, BeamHypothesis]]:
@@ -105,11 +101,10 @@ class BeamBatch:
             prompt_mask[b, width - len(entry.prompt):] = True
         input_ids, prompt_mask = input_ids.to(self.device), prompt_mask.to(self.device)
         longest = max(entry.settings.max_new_tokens for entry in entries)
-        cache = self.model.new_cache(B, width + longest - 1)
-        self._route_inputs([entry.adapter for entry in entries],
-                           [a for cohort in self.cohorts for a in cohort.adapters_of(cohort.active)]
-                           + [entry.adapter for entry in entries])
-        logits = self._forward(input_ids, prompt_mask, cache)
+        # a batch's first prefill keeps its cache (room for every new token); a joiner's is merged in
+        cache = self.model.new_cache(B, width + longest - 1 if self.cache is None else width)
+        slots = self._slots_for([entry.adapter for entry in entries])
+        logits = self._forward(input_ids, prompt_mask, cache, slots)
         lengths = torch.tensor([len(entry.prompt) for entry in entries], device=self.device)
         if self.cache is None:
             offset, self.cache, starts = 0, cache, width - lengths
@@ -123,11 +118,12 @@ class BeamBatch:
         for settings, members in groups.items():
             rows = slice(first, first + len(members))
             cohort = _Cohort(settings, [entry.ticket for entry in members], [entry.adapter for entry in members],
-                             starts[rows], lengths[rows], offset + first, logits[rows])
+                             slots[rows], starts[rows], lengths[rows], offset + first, logits[rows])
             first += len(members)
             done += cohort.leave_if_complete()
             if cohort.active.numel():
                 self.cohorts.append(cohort)
+        self._capacity = max([self._capacity] + [cohort.extent() for cohort in self.cohorts])
         return done
 
     # ------------------------------------------------------------------ stepping
@@ -139,24 +135,23 @@ class BeamBatch:
             done += cohort.prune(cancelled)
         self.cohorts = [cohort for cohort in self.cohorts if cohort.active.numel()]
         if not self.cohorts:
-            self.cache, self._routes, self._routed = None, None, []
+            self.cache, self._routes, self._routed, self._capacity = None, None, [], 0
             return done
         feeds = [cohort.feed() for cohort in self.cohorts]
         parents = torch.cat([cohort.row_offset + rows for cohort, (rows, _, _) in zip(self.cohorts, feeds)])
         tokens = torch.cat([last for _, last, _ in feeds])
-        inputs = [(cohort, row_inputs) for cohort, (_, _, row_inputs) in zip(self.cohorts, feeds)]
-        starts = torch.cat([cohort.starts[row_inputs] for cohort, row_inputs in inputs])
+        starts = torch.cat([cohort.starts[row_inputs] for cohort, (_, _, row_inputs) in zip(self.cohorts, feeds)])
+        slots = torch.cat([cohort.slots[row_inputs] for cohort, (_, _, row_inputs) in zip(self.cohorts, feeds)])
         drop = self._droppable(starts)
         if drop:
             for cohort in self.cohorts:
                 cohort.starts -= drop
-            starts = starts - drop
-        self.cache.reorder(parents, drop_front=drop, capacity=self._capacity(drop))
+            starts, self._capacity = starts - drop, self._capacity - drop
+        self.cache.reorder(parents, drop_front=drop, capacity=self._capacity)
         columns = torch.arange(self.cache.length + 1, device=self.device)
         mask = columns.unsqueeze(0) >= starts.unsqueeze(1)
-        self._route_inputs([a for cohort, row_inputs in inputs for a in cohort.adapters_of(row_inputs)],
-                           [a for cohort in self.cohorts for a in cohort.adapters_of(cohort.active)])
-        logits = self._forward(tokens, mask, self.cache)
+        self.last_rows = parents.shape[0]
+        logits = self._forward(tokens, mask, self.cache, slots)
         offset = 0
         for cohort, (rows, _, _) in zip(self.cohorts, feeds):
             count = rows.shape[0]
@@ -164,34 +159,40 @@ class BeamBatch:
             offset += count
             done += cohort.leave_if_complete()
         self.cohorts = [cohort for cohort in self.cohorts if cohort.active.numel()]
-        self.steps += 1
         return done
 
     def _droppable(self, starts: torch.Tensor) -> int:
         """Leading columns no live row uses, to drop now (see `compact`)."""
-        first = int(starts.min())
-        return first if first > 0 and (self.compact or self.cache.length + 1 > self.window) else 0
+        if not self.compact and self.cache.length + 1 <= self.window:
+            return 0
+        return max(int(starts.min()), 0)
 
-    def _capacity(self, drop: int) -> int:
-        """Columns the cache must hold for every live input to reach its own length limit."""
-        return max(cohort.extent() for cohort in self.cohorts) - drop
-
-    def _route_inputs(self, row_adapters: list[object], live_adapters: list[object]) -> None:
-        """Tell the routes which adapter each row of the next forward uses (rebuilt when a new one appears)."""
+    def _slots_for(self, adapters: list[object]) -> torch.Tensor:
+        """The routes' slot of each adapter (-1: the base alone). The routes are rebuilt, and every
+        cohort's slots renumbered, only when an adapter they do not hold joins."""
         if self.routes_for is None:
-            if any(adapter is not None for adapter in row_adapters):
+            if any(adapter is not None for adapter in adapters):
                 raise ValueError("an adapter per input needs a batch built with routes_for")
-            return
-        needed = list({id(a): a for a in live_adapters if a is not None}.values())  # distinct, first-seen order
-        if self._routes is None or any(all(a is not b for b in self._routed) for a in needed):
-            self._routes, self._routed = self.routes_for(needed), needed
-        slot = {id(a): i for i, a in enumerate(self._routed)}
-        self._routes.select_slots(torch.tensor([slot[id(a)] if a is not None else -1 for a in row_adapters],
-                                               dtype=torch.long, device=self.device))
+            return torch.full((len(adapters),), -1, dtype=torch.long, device=self.device)
+        held = {id(a) for a in self._routed}
+        if self._routes is None or any(a is not None and id(a) not in held for a in adapters):
+            live = [a for cohort in self.cohorts for a in cohort.adapters_of(cohort.active)] + list(adapters)
+            self._routed = list({id(a): a for a in live if a is not None}.values())  # distinct, first-seen order
+            self._routes = self.routes_for(self._routed)
+            for cohort in self.cohorts:
+                active = set(cohort.active.tolist())  # inputs that left may hold adapters no longer routed
+                cohort.slots = self._numbered([a if i in active else None for i, a in enumerate(cohort.adapters)])
+        return self._numbered(adapters)
 
-    def _forward(self, input_ids, mask, cache) -> torch.Tensor:
+    def _numbered(self, adapters: list[object]) -> torch.Tensor:
+        slot = {id(a): i for i, a in enumerate(self._routed)}
+        return torch.tensor([-1 if a is None else slot[id(a)] for a in adapters], dtype=torch.long,
+                            device=self.device)
+
+    def _forward(self, input_ids, mask, cache, slots: torch.Tensor) -> torch.Tensor:
         if self._routes is None:
             return self.model(input_ids, attention_mask=mask, cache=cache, only_last=True)[:, -1]
+        self._routes.select_slots(slots)
         with self._routes.active():
             return self.model(input_ids, attention_mask=mask, cache=cache, only_last=True)[:, -1]
 
@@ -247,11 +248,12 @@ class _Cohort:
     `active` indexes the cohort's inputs still searching; per beam, `parent_rows` is the row of
     its parent among the cohort's rows of the cache, which start at `row_offset`."""
 
-    def __init__(self, settings: SearchSettings, tickets, adapters, starts, prompt_lengths, row_offset: int,
+    def __init__(self, settings: SearchSettings, tickets, adapters, slots, starts, prompt_lengths, row_offset: int,
                  logits) -> None:
         self.settings = settings
         self.K, self.M, self.power = settings.beam, settings.max_new_tokens, settings.length_penalty
         self.tickets, self.adapters = list(tickets), list(adapters)
+        self.slots = slots.clone()  # each input's slot in the batch's routes (-1: the base alone)
         self.starts = starts.clone()  # each input's first timeline column (its prompt's first token)
         self.prompt_lengths = prompt_lengths.clone()
         self.row_offset = row_offset
@@ -268,9 +270,6 @@ class _Cohort:
 
     def adapters_of(self, inputs: torch.Tensor) -> list[object]:
         return [self.adapters[i] for i in inputs.tolist()]
-
-    def live_rows(self) -> int:
-        return int(torch.isfinite(self.scores).sum())
 
     def extent(self) -> int:
         """One past the last timeline column its inputs can reach (prompt + max_new_tokens - 1)."""

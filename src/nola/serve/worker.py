@@ -143,10 +143,9 @@ class DecodeWorker(threading.Thread):
                         self._deliver(running, batch.admit(
                             [Entry(item.prompt, item.settings, id(item), item.adapter) for item in take]))
                     if batch.cohorts:
-                        rows = batch.rows
                         self._deliver(running, batch.step(cancelled=lambda ticket: running[ticket].cancelled))
                         self.steps += 1
-                        self.events.stepped(rows)
+                        self.events.stepped(batch.last_rows)
                 except Exception as err:  # noqa: BLE001 - every waiting client must get an answer
                     log.exception("decode step failed")
                     for item in running.values():
