@@ -122,11 +122,11 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
                api_key: str | None = None) -> FastAPI:
     """The FastAPI application; the decode worker runs for the app's lifetime and drains on shutdown.
     api_key: what `Authorization: Bearer` must carry on every endpoint but /health (None: nothing)."""
+    metrics = ServerMetrics(bank)
     worker = DecodeWorker(model, bank.routes, window_s=float(serve_cfg.batch_window_ms) / 1000.0,
                           max_batch=int(serve_cfg.max_batch), max_queue=int(serve_cfg.max_queue),
-                          join_running=bool(serve_cfg.join_running))
-    metrics = ServerMetrics(bank, lambda: worker.queued)
-    worker.events = metrics.events
+                          join_running=bool(serve_cfg.join_running), events=metrics.events)
+    metrics.watch_queue(lambda: worker.queued)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -156,9 +156,9 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        return JSONResponse(error_body(f"invalid request: {_field(first) or 'body'}: "
-                                       f"{first.get('msg', 'malformed JSON')}", "invalid_request_error",
-                                       _field(first)), status_code=400)
+        where = _field(first)
+        return JSONResponse(error_body(f"invalid request: {where or 'body'}: {first.get('msg', 'malformed JSON')}",
+                                       "invalid_request_error", where), status_code=400)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -183,11 +183,10 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
         if body.n != 1:
             raise ApiError(400, "n must be 1: beam search returns one best hypothesis per prompt",
                            "invalid_request_error", "n")
-        for name, value, bound in (("max_tokens", body.max_tokens, serve_cfg.max_tokens_limit),
-                                   ("beam", body.beam, serve_cfg.max_beam)):
-            if value > int(bound):
-                raise ApiError(400, f"{name}={value} is above this server's limit serve.{_limit_key(name)}={bound}",
-                               "invalid_request_error", name)
+        for name, value, limit in (("max_tokens", body.max_tokens, "max_tokens_limit"), ("beam", body.beam, "max_beam")):
+            if value > int(getattr(serve_cfg, limit)):
+                raise ApiError(400, f"{name}={value} is above this server's limit serve.{limit}="
+                               f"{getattr(serve_cfg, limit)}", "invalid_request_error", name)
         prompts = prompt_list(body.prompt)
         if not prompts or len(prompts) > int(serve_cfg.max_prompts_per_request):
             raise ApiError(400, f"prompt must hold 1 to {serve_cfg.max_prompts_per_request} prompts",
@@ -269,10 +268,6 @@ class Guard:
                                                f"allows {self.max_body_bytes:,}", "invalid_request_error"),
                                     status_code=413)
         return None
-
-
-def _limit_key(name: str) -> str:
-    return "max_tokens_limit" if name == "max_tokens" else f"max_{name}"
 
 
 async def _answers(request: Request, pending: list[Pending], timeout_s: float, worker: DecodeWorker):

@@ -43,14 +43,13 @@ class _BankCollector:
 class ServerMetrics:
     """The app's registry and its instruments; `events` feeds the decode worker's reports in."""
 
-    def __init__(self, bank, queue_depth) -> None:
+    def __init__(self, bank) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("nola_requests", "answered completion requests", ("status", "adapter"),
                                 registry=self.registry)
         self.dropped = Counter("nola_prompts_dropped", "prompts dropped because their request was cancelled",
                                ("where",), registry=self.registry)
-        Gauge("nola_queue_depth", "prompts waiting for the decode worker",
-              registry=self.registry).set_function(queue_depth)
+        self.queue_depth = Gauge("nola_queue_depth", "prompts waiting for the decode worker", registry=self.registry)
         self.batch_rows = Histogram("nola_batch_rows", "rows (live beams) per decode step", buckets=ROWS,
                                     registry=self.registry)
         self.queue_seconds = Histogram("nola_queue_seconds", "time a prompt waited in the queue", buckets=SECONDS,
@@ -60,6 +59,10 @@ class ServerMetrics:
         self.registry.register(_BankCollector(bank))
         self.events = WorkerEvents(admitted=self._admitted, finished=self._finished, dropped=self._dropped,
                                    stepped=self.batch_rows.observe)
+
+    def watch_queue(self, depth) -> None:
+        """Read the queue depth from `depth()` at every scrape."""
+        self.queue_depth.set_function(depth)
 
     def _admitted(self, item: Pending) -> None:
         self.queue_seconds.observe(time.monotonic() - item.queued_at)
