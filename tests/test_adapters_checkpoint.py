@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -18,6 +19,7 @@ from nola.adapters import (
     save_adapter,
 )
 from nola.adapters.bases import random_basis
+from nola.adapters.checkpoint import IncompleteAdapter
 from nola.adapters.inject import nola_slots
 from nola.adapters.quantize import pack_bits, packed_length, unpack_bits
 from nola.errors import NolaError
@@ -80,8 +82,9 @@ def test_adapter_file_holds_exactly_the_trained_tensors(tmp_path, config, expect
     document = json.loads((tmp_path / "adapter_config.json").read_text())
     assert set(document) == {
         "format", "version", "model_name", "architecture", "base_fingerprint", "adapter",
-        "coefficient_bits", "trainable_params", "seeds", "extra",
+        "coefficient_bits", "trainable_params", "seeds", "extra", "weights_sha256",
     }
+    assert document["weights_sha256"] == hashlib.sha256((tmp_path / "adapter.safetensors").read_bytes()).hexdigest()
     assert document["extra"] == {"run": "test"} and document["base_fingerprint"] == base_fingerprint(tiny())
     if config["kind"] == "nola":
         slots = {f"transformer.h.{i}.{m}.adapter.{s}" for i in range(2) for m in ("mlp.c_fc", "mlp.c_proj") for s in "w"}
@@ -195,10 +198,44 @@ def test_bit_packing_by_hand():
     assert torch.equal(unpack_bits(packed, 5, 1001), levels)
 
 
-def _rewrite(path, change):
+def _rewrite(path, change, *, record_digest: bool = True):
+    """Change the stored tensors; the config records the new file's sha256 unless told not to (a
+    file swapped under its config)."""
     tensors = load_file(str(path))
     change(tensors)
     save_file(tensors, str(path))
+    if record_digest:
+        config = path.parent / "adapter_config.json"
+        document = json.loads(config.read_text())
+        document["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        config.write_text(json.dumps(document))
+
+
+def test_refuses_weights_that_are_not_the_ones_the_config_names(tmp_path):
+    save(trained(LORA), tmp_path)
+    _rewrite(tmp_path / "adapter.safetensors", lambda t: t.update({k: v + 1 for k, v in t.items()}),
+             record_digest=False)
+    with pytest.raises(IncompleteAdapter, match="weights_sha256 differs"):
+        load_adapter(tiny(), tmp_path)
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda d: (d / "adapter.safetensors").write_bytes((d / "adapter.safetensors").read_bytes()[:-7]), "corrupt or truncated"),
+    (lambda d: (d / "adapter.safetensors").unlink(), "not found; the adapter directory is incomplete"),
+    (lambda d: (d / "adapter_config.json").write_text((d / "adapter_config.json").read_text()[:40]), "not valid JSON"),
+])
+def test_a_half_written_directory_is_incomplete(tmp_path, damage, fragment):
+    save(trained(NOLA), tmp_path)
+    damage(tmp_path)
+    with pytest.raises(IncompleteAdapter, match=fragment):
+        load_adapter(tiny(), tmp_path)
+
+
+def test_refuses_non_finite_values(tmp_path):
+    save(trained(LORA), tmp_path)
+    _rewrite(tmp_path / "adapter.safetensors", lambda t: next(iter(t.values()))[0].fill_(float("nan")))
+    with pytest.raises(NolaError, match="NaN or infinite"):
+        load_adapter(tiny(), tmp_path)
 
 
 def test_refuses_an_adapter_for_another_base(tmp_path):

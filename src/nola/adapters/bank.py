@@ -32,7 +32,15 @@ import torch
 from torch import nn
 
 from nola.adapters.bases import normal_offset, random_basis, random_offset
-from nola.adapters.checkpoint import CONFIG_FILE, WEIGHTS_FILE, open_adapter, read_adapter_tensors
+from nola.adapters.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    IncompleteAdapter,
+    adapter_digest,
+    adapter_files_signature,
+    open_adapter,
+    read_adapter_tensors,
+)
 from nola.adapters.config import MODULE_PATHS, AdapterConfig
 from nola.adapters.inject import adapted_layers, inject_adapters
 from nola.adapters.layers import LinearWrapper, LoraSlot, NolaSlot
@@ -91,7 +99,8 @@ class BankedAdapter:
     layers: dict[str, list[BankSlot]]
     out_features: dict[str, int]  # each adapted layer's output width
     file_bytes: int
-    signature: tuple[int, int]  # (mtime_ns, size) of adapter.safetensors when loaded
+    signature: tuple  # `adapter_files_signature` of its directory when loaded
+    digest: str  # `adapter_digest` of the files it was loaded from: this version's name for clients
     version: int = 0  # distinct for every load of the bank: the key of its materialised factors
 
     @property
@@ -190,15 +199,19 @@ class AdapterBank:
 
     # ----------------------------------------------------------------- loading
     def add(self, name: str, directory: str | Path) -> BankedAdapter:
-        """Load the adapter saved in `directory` under `name` (replacing one of that name)."""
+        """Load the adapter saved in `directory` under `name` (replacing one of that name).
+
+        Files that change while they are read raise `IncompleteAdapter`: a version is loaded only
+        from a directory that held it whole from the first read to the last."""
         directory = Path(directory)
+        signature = adapter_files_signature(directory)
         document, config = open_adapter(directory, self.model.config, self.fingerprint)
         if config.kind not in ("lora", "nola"):
             raise NolaError(f"{directory / CONFIG_FILE}: a {config.kind!r} adapter cannot be served from a bank; "
                             "the bank holds LoRA and NOLA adapters (full fine-tuning replaces the base)")
         skeleton = self._skeleton(config)
         weights = directory / WEIGHTS_FILE
-        values = read_adapter_tensors(skeleton, weights, document["coefficient_bits"])
+        values = read_adapter_tensors(skeleton, weights, document)
         layers: dict[str, list[BankSlot]] = {}
         widths = {path: layer.out_features for path, layer in adapted_layers(skeleton)}
         for layer_path, layer in adapted_layers(skeleton):
@@ -215,19 +228,32 @@ class AdapterBank:
                         values[f"{prefix}.nola_coef_A"].float(), values[f"{prefix}.nola_coef_B"].float(), seeds,
                         slot.shape_A, slot.shape_B, slot.init)))
             layers[layer_path] = slots
-        stat = weights.stat()
+        digest = adapter_digest(directory)
+        if adapter_files_signature(directory) != signature:
+            raise IncompleteAdapter(f"{directory}: the adapter's files changed while they were read; "
+                                    "they are being written")
         with self._lock:
             self._loads += 1
-            adapter = BankedAdapter(name, directory, config, layers, widths, stat.st_size,
-                                    (stat.st_mtime_ns, stat.st_size), self._loads)
+            adapter = BankedAdapter(name, directory, config, layers, widths, weights.stat().st_size, signature,
+                                    digest, self._loads)
             self._evict(name)
             self.adapters[name] = adapter
+            self._drop_unused_bases()
         return adapter
 
     def remove(self, name: str) -> None:
         with self._lock:
             self._evict(name)
             self.adapters.pop(name, None)
+            self._drop_unused_bases()
+
+    def _drop_unused_bases(self) -> None:
+        """Forget the bases no loaded adapter uses (a search still running with a removed version
+        regenerates its basis from the seed: `random_basis` is deterministic)."""
+        used = {slot.nola.basis_key(role) for adapter in self.adapters.values() for slots in adapter.layers.values()
+                for slot in slots if slot.nola is not None for role in ("A", "B")}
+        for key in set(self._bases) - used:
+            del self._bases[key]
 
     def _skeleton(self, config: AdapterConfig) -> GPT2:
         """A meta-device GPT-2 with `config` injected: the names and shapes an adapter file must have."""

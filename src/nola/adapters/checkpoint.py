@@ -4,10 +4,17 @@ The tensors are exactly `adapter_params(model)`: LoRA's A and B, NOLA's coeffici
 bit-packed, see `quantize`), or every weight for full fine-tuning. NOLA's bases are never stored: the
 JSON records the seed of every frozen matrix, the adapter config, the base architecture and the
 base fingerprint (`nola.model.base_fingerprint`); loading refuses any mismatch with a NolaError.
+
+The config is written after the weights and records their sha256 (`weights_sha256`), so a reader
+can tell a directory whose files belong together from one caught half-way through a copy or a
+replacement: such a directory (config without weights, unreadable JSON, truncated weights, weights
+that are not the ones the config names) raises `IncompleteAdapter`, which a server treats as
+"being written, retry" while the files are still changing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -15,7 +22,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
 from nola.adapters.config import LEGACY_NOLA_INIT, AdapterConfig, as_adapter_config
@@ -29,7 +37,7 @@ from nola.adapters.inject import (
     nola_slots,
 )
 from nola.adapters.quantize import dequantize_vectors, quantize_coefficients_, quantize_vectors
-from nola.fileio import atomic_path, write_text_atomic
+from nola.fileio import atomic_path, sha256_file, write_text_atomic
 from nola.errors import NolaError
 from nola.model import base_fingerprint as fingerprint_of
 
@@ -38,6 +46,13 @@ CONFIG_FILE = "adapter_config.json"
 FORMAT = "nola-adapter"
 FORMAT_VERSION = 1
 QUANTIZED_PREFIX = "nola_coefficients"  # quantized files: <prefix>.packed/.min/.step, vectors in adapter_params order
+
+
+class IncompleteAdapter(NolaError):
+    """An adapter directory whose files are missing, unreadable or do not belong together: it is
+    corrupt, or still being written (a copy or replacement caught half-way)."""
+
+
 ARCHITECTURE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
 # safetensors writes tensors by dtype (this order), then by name; see `safetensors_file_bytes`.
 SAFETENSORS_DTYPES = {
@@ -99,12 +114,13 @@ def save_adapter(
         "extra": extra or {},
     }
     try:
-        text = json.dumps(document, indent=1) + "\n"
-    except TypeError as err:
+        json.dumps(document)
+    except TypeError as err:  # before any file is written
         raise NolaError(f"save_adapter: `extra` must hold JSON values only ({err})") from None
     with atomic_path(directory / WEIGHTS_FILE) as path:
         save_file(tensors, str(path))
-    write_text_atomic(directory / CONFIG_FILE, text)
+        document["weights_sha256"] = sha256_file(path)
+    write_text_atomic(directory / CONFIG_FILE, json.dumps(document, indent=1) + "\n")  # last: a config names complete weights only
     return directory
 
 
@@ -112,11 +128,11 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     """The parsed `adapter_config.json` of a saved adapter (checked to be one of ours)."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise NolaError(f"{path} not found; expected a directory written by nola.adapters.save_adapter")
+        raise IncompleteAdapter(f"{path} not found; expected a directory written by nola.adapters.save_adapter")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise NolaError(f"{path}: not valid JSON ({err})") from None
+        raise IncompleteAdapter(f"{path}: not valid JSON ({err}); the file is corrupt or still being written") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise NolaError(f"{path}: not a NOLA adapter config (format != {FORMAT!r})")
     if document.get("version") != FORMAT_VERSION:
@@ -150,7 +166,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> AdapterConfig:
     elif not current.same_structure(config):
         raise NolaError(f"{config_path}: adapter config {config.to_dict()} differs from the model's {current.to_dict()}")
     _apply_seeds(model, document["seeds"], config_path)
-    _copy_tensors(model, directory / WEIGHTS_FILE, document["coefficient_bits"])
+    _copy_tensors(model, directory / WEIGHTS_FILE, document)
     return config
 
 
@@ -200,23 +216,34 @@ def _apply_seeds(model: nn.Module, saved: dict, config_path: Path) -> None:
             raise NolaError(f"{config_path}: seeds of {name} conflict with another slot's seeds for their shared basis")
 
 
-def _copy_tensors(model: nn.Module, path: Path, bits: int | None) -> None:
-    values = read_adapter_tensors(model, path, bits)
+def _copy_tensors(model: nn.Module, path: Path, document: dict[str, Any]) -> None:
+    values = read_adapter_tensors(model, path, document)
     with torch.no_grad():
         for name, param in adapter_params(model).items():
             param.copy_(values[name])
 
 
-def read_adapter_tensors(model: nn.Module, path: Path, bits: int | None) -> dict[str, torch.Tensor]:
+def read_adapter_tensors(model: nn.Module, path: Path, document: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The stored values of `adapter_params(model)` by name, shaped like them (dequantized when the
-    file holds `bits`-bit NOLA coefficients); strict about names and shapes. `model` may be on the
-    meta device: only its parameter names and shapes are used."""
-    if not path.is_file():
-        raise NolaError(f"{path} not found; the adapter directory is incomplete")
+    config `document` says the file holds bit-packed NOLA coefficients); strict about names, shapes
+    and finite values, and about the file being the one the config's `weights_sha256` names (files
+    written before that field existed are read without it). `model` may be on the meta device: only
+    its parameter names and shapes are used."""
+    bits = document["coefficient_bits"]
     try:
-        stored = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise NolaError(f"{path}: cannot read the adapter weights, the file is corrupt or truncated ({err})") from None
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise IncompleteAdapter(f"{path} not found; the adapter directory is incomplete") from None
+    except OSError as err:
+        raise NolaError(f"{path}: cannot read the adapter weights ({err.strerror or err})") from None
+    try:
+        stored = load_safetensors(data)
+    except SafetensorError as err:
+        raise IncompleteAdapter(f"{path}: cannot read the adapter weights, the file is corrupt or truncated ({err})") from None
+    want_sha256 = document.get("weights_sha256")
+    if want_sha256 is not None and hashlib.sha256(data).hexdigest() != want_sha256:
+        raise IncompleteAdapter(f"{path} is not the file its {CONFIG_FILE} names (weights_sha256 differs): "
+                                "the adapter is being replaced or was copied in part")
     expected = adapter_tensors(model, bits)
     missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     if missing:
@@ -237,7 +264,36 @@ def read_adapter_tensors(model: nn.Module, path: Path, bits: int | None) -> dict
     else:
         parts = {key.removeprefix(QUANTIZED_PREFIX + "."): value for key, value in stored.items()}
         values = dequantize_vectors(parts, bits, [param.numel() for param in params.values()])
+    for name, value in zip(params, values):
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise NolaError(f"{path}: tensor {name!r} holds NaN or infinite values; the adapter is corrupt")
     return {name: value.reshape(param.shape) for (name, param), value in zip(params.items(), values)}
+
+
+def adapter_files_signature(directory: str | Path) -> tuple | None:
+    """(inode, mtime_ns, size) of the config and of the weights file (None for a missing one): what
+    changes when an adapter directory is written; None when the directory holds neither."""
+    directory = Path(directory)
+    found = []
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            stat = (directory / name).stat()
+            found.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            found.append(None)
+    return None if found == [None, None] else tuple(found)
+
+
+def adapter_digest(directory: str | Path) -> str:
+    """A short sha256 of an adapter's config and weights bytes: the name of this version of it."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            digest.update((directory / name).read_bytes())
+        except FileNotFoundError:
+            raise IncompleteAdapter(f"{directory / name} not found; the adapter directory is incomplete") from None
+    return digest.hexdigest()[:16]
 
 
 def safetensors_file_bytes(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> int:

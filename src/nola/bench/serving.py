@@ -59,7 +59,8 @@ def running_server(base, adapters_dir: Path, vocab_dir: str | Path, **serve_sett
     import uvicorn
 
     from nola.adapters.bank import AdapterBank
-    from nola.serve.app import AdapterCatalog, create_app
+    from nola.serve.app import create_app
+    from nola.serve.catalog import AdapterCatalog
     from nola.serve.config import ServeConfig
     from nola.tokenizer import load_tokenizer
 

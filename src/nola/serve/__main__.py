@@ -32,7 +32,8 @@ def build_server(cfg: DictConfig):
     """(app, serve config): the base, its adapter bank, the adapters directory and the app."""
     try:
         import uvicorn  # noqa: F401 - checked here so a missing extra is one clear line
-        from nola.serve.app import AdapterCatalog, create_app
+        from nola.serve.app import create_app
+        from nola.serve.catalog import AdapterCatalog
     except ImportError as err:
         raise NolaError(f"python -m nola.serve needs the serve extra ({err.name} is missing): "
                         'pip install -e ".[serve]"') from None

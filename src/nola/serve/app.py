@@ -10,6 +10,10 @@
   the library give the same outputs. OpenAI sampling fields (temperature, top_p, ...) are accepted
   and ignored: the search is deterministic. `stream` and `n` > 1 are refused.
 - `GET /v1/models`: the servable names.
+Each answer's `system_fingerprint` names what produced it: the adapter version's digest
+(`nola.adapters.checkpoint.adapter_digest`), or the base's fingerprint for `base`. How adapters
+that are added, replaced, half-written, broken or removed while serving are answered:
+`nola.serve.catalog`.
 Requests from concurrent clients are decoded together by `nola.serve.worker.DecodeWorker`: one
 running beam search that queued prompts join between steps, each with its own adapter and search
 settings (up to `max_batch` prompts). A request that would overfill the queue now gets 503, one
@@ -27,7 +31,6 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,16 +39,15 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from nola.adapters.bank import AdapterBank
-from nola.adapters.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from nola.adapters.bank import AdapterBank, BankedAdapter
 from nola.decode.beam import check_inputs
 from nola.decode.config import PAPER_SETTINGS, SearchSettings
 from nola.decode.hypotheses import context_prompts, hypothesis_text
 from nola.errors import NolaError
+from nola.serve.catalog import BASE_NAME, AdapterCatalog
 from nola.serve.metrics import ServerMetrics
-from nola.serve.worker import DecodeWorker, Pending, QueueFull
+from nola.serve.worker import AdapterWithdrawn, DecodeWorker, Pending, QueueFull
 
-BASE_NAME = "base"
 log = logging.getLogger("nola.serve")
 access_log = logging.getLogger("nola.serve.access")  # one JSON line per request; prompts only with serve.log_prompts
 POLL_S = 0.05  # how often a waiting request looks for its client having gone or its deadline
@@ -68,54 +70,15 @@ class CompletionRequest(BaseModel):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, kind: str, param: str | None = None,
+                 retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.param = status, message, kind, param
+        self.retry_after_s = retry_after_s
 
 
 def error_body(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": None}}
-
-
-class AdapterCatalog:
-    """The adapters directory, mirrored into the bank: new or changed subdirectories are (re)loaded,
-    removed ones dropped; one that fails to load is remembered with its reason (and not served)."""
-
-    def __init__(self, bank: AdapterBank, directory: str | Path | None, rescan_s: float) -> None:
-        self.bank, self.rescan_s = bank, rescan_s
-        self.directory = Path(directory) if directory is not None else None
-        self.failures: dict[str, str] = {}
-        self._scanned = 0.0
-        self._lock = threading.Lock()
-
-    def refresh(self, *, force: bool = False) -> None:
-        if self.directory is None or (not force and time.monotonic() - self._scanned < self.rescan_s):
-            return
-        with self._lock:
-            self._scanned = time.monotonic()
-            found = {path.name: path for path in sorted(self.directory.iterdir())
-                     if path.is_dir() and (path / CONFIG_FILE).is_file() and path.name != BASE_NAME} \
-                if self.directory.is_dir() else {}
-            for name in set(self.bank.adapters) - set(found):
-                self.bank.remove(name)
-            self.failures = {name: reason for name, reason in self.failures.items() if name in found}
-            for name, path in found.items():
-                loaded = self.bank.adapters.get(name)
-                weights = path / WEIGHTS_FILE
-                signature = (weights.stat().st_mtime_ns, weights.stat().st_size) if weights.is_file() else None
-                if loaded is not None and loaded.signature == signature:
-                    continue
-                try:
-                    self.bank.add(name, path)
-                    self.failures.pop(name, None)
-                    log.info("loaded adapter %s from %s", name, path)
-                except NolaError as err:
-                    self.bank.remove(name)
-                    self.failures[name] = str(err)
-                    log.warning("adapter %s not served: %s", name, err)
-
-    def names(self) -> list[str]:
-        return [BASE_NAME, *sorted(self.bank.adapters)]
 
 
 def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, serve_cfg,
@@ -125,16 +88,22 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
     metrics = ServerMetrics(bank)
     worker = DecodeWorker(model, bank.routes, window_s=float(serve_cfg.batch_window_ms) / 1000.0,
                           max_batch=int(serve_cfg.max_batch), max_queue=int(serve_cfg.max_queue),
-                          join_running=bool(serve_cfg.join_running), events=metrics.events)
+                          join_running=bool(serve_cfg.join_running), events=metrics.events,
+                          withdrawn=catalog.withdrawal)
     metrics.watch_queue(lambda: worker.queued)
+    base_fingerprint = bank.fingerprint
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        catalog.refresh(force=True)
+        catalog.refresh()
+        stop_watching = threading.Event()
+        watcher = threading.Thread(target=catalog.watch, args=(stop_watching,), name="nola-adapters", daemon=True)
         worker.start()
+        watcher.start()
         try:
             yield
         finally:
+            stop_watching.set()
             await asyncio.get_running_loop().run_in_executor(None, worker.stop)
 
     app = FastAPI(title="nola.serve", lifespan=lifespan)
@@ -162,11 +131,11 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.kind, exc.param), status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+        return JSONResponse(error_body(exc.message, exc.kind, exc.param), status_code=exc.status, headers=headers)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        catalog.refresh()
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "nola"}
                                            for name in catalog.names()]}
 
@@ -195,7 +164,7 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
             raise ApiError(400, f"prompt holds {len(prompts)} prompts but the whole queue holds "
                            f"serve.max_queue={serve_cfg.max_queue}; send at most that many per request",
                            "invalid_request_error", "prompt")
-        adapter = _adapter_version(body.model, catalog)
+        adapter = await asyncio.to_thread(_adapter_version, body.model, catalog)
         try:
             settings = SearchSettings(beam=body.beam, length_penalty=body.length_penalty,
                                       no_repeat_ngram_size=body.no_repeat_ngram_size,
@@ -221,7 +190,8 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
         request.state.log["completion_tokens"] = completion_tokens
         prompt_tokens = sum(len(prompt) for prompt in ids)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": body.model, "choices": choices,
+                "model": body.model, "system_fingerprint": adapter.digest if adapter is not None else base_fingerprint,
+                "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
@@ -275,18 +245,27 @@ async def _answers(request: Request, pending: list[Pending], timeout_s: float, w
     them (the worker drops them from its queue, or from its running batch at the next step)."""
     waiting = asyncio.gather(*(item.future for item in pending))
     deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+
+    def cancel() -> None:
+        for item in pending:
+            item.cancelled = True
+        worker.wake()
+
     while True:
         try:
-            found = await asyncio.wait_for(asyncio.shield(waiting), timeout=POLL_S)
-            return found
+            return await asyncio.wait_for(asyncio.shield(waiting), timeout=POLL_S)
         except asyncio.TimeoutError:
             pass
+        except AdapterWithdrawn as err:
+            cancel()
+            raise ApiError(410, str(err), "not_found_error", "model") from None
+        except Exception as err:  # noqa: BLE001 - the decode step failed; the worker logged it
+            cancel()
+            raise ApiError(500, f"decoding failed: {err}", "server_error") from None
         gone = await request.is_disconnected()
         late = deadline is not None and time.monotonic() > deadline
         if gone or late:
-            for item in pending:
-                item.cancelled = True
-            worker.wake()
+            cancel()
             if late:
                 raise ApiError(504, f"the request was not answered within serve.request_timeout_s={timeout_s:g} s; "
                                "its prompts were dropped", "timeout_error")
@@ -321,17 +300,21 @@ def _param_of(message: str) -> str | None:
     return next((name for name in REQUEST_FIELDS if message.startswith((f"{name} ", f"{name}="))), None)
 
 
-def _adapter_version(model: str, catalog: AdapterCatalog):
-    """The loaded version of the adapter a request's `model` names (None for the base); 404 for a
-    name nobody serves. A request keeps that version to its end, whatever happens to the directory."""
+def _adapter_version(model: str, catalog: AdapterCatalog) -> BankedAdapter | None:
+    """The loaded version of the adapter a request's `model` names (None for the base), which the
+    request keeps to its end whatever happens to the directory; otherwise the error that says why
+    (`nola.serve.catalog`): 404 no such adapter, 503 being written, 500 broken."""
     if model == BASE_NAME:
         return None
     if model not in catalog.bank.adapters:
-        catalog.refresh(force=True)  # an adapter added since the last scan is served at once
+        catalog.refresh(only=model)  # an adapter added since the last scan is served at once
     version = catalog.bank.adapters.get(model)
     if version is not None:
         return version
-    reason = catalog.failures.get(model)
-    message = f"adapter {model!r} could not be loaded: {reason}" if reason else \
-        f"no adapter named {model!r}; GET /v1/models lists them"
-    raise ApiError(404, message, "not_found_error", "model")
+    failure = catalog.failures.get(model)
+    if failure is None:
+        raise ApiError(404, f"no adapter named {model!r}; GET /v1/models lists them", "not_found_error", "model")
+    if failure.being_written():
+        raise ApiError(503, f"adapter {model!r} is being written and not complete yet ({failure.reason}); "
+                       "retry in a moment", "adapter_unavailable", "model", retry_after_s=1)
+    raise ApiError(500, f"adapter {model!r} cannot be served: {failure.reason}", "adapter_error", "model")

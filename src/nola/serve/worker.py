@@ -10,7 +10,9 @@ off, queued prompts wait until the running batch is empty (static batching, kept
 joining buys: `make bench`'s server section).
 
 A prompt whose request was cancelled (its client went away, its deadline passed) is dropped from
-the queue, and from the running batch at the next step; the other rows' outputs do not change.
+the queue, and from the running batch at the next step; the other rows' outputs do not change. A
+queued prompt whose adapter was withdrawn meanwhile (`withdrawn`: its directory removed or broken)
+is answered `AdapterWithdrawn` when its turn comes instead of being decoded.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class QueueFull(Exception):
     """The queue has no room for the request now (retry later)."""
 
 
+class AdapterWithdrawn(Exception):
+    """The adapter a queued prompt was pinned to is no longer served (the message says why)."""
+
+
 @dataclass
 class WorkerEvents:
     """Callbacks the worker reports to (the server's metrics); each may be left as a no-op."""
@@ -74,12 +80,14 @@ class WorkerEvents:
 
 
 class DecodeWorker(threading.Thread):
-    """See the module docstring. `routes_for` is the bank's `routes` (per-row adapters)."""
+    """See the module docstring. `routes_for` is the bank's `routes` (per-row adapters);
+    `withdrawn(adapter)` says why a pinned adapter version may no longer start (None: it may)."""
 
     def __init__(self, model, routes_for, *, window_s: float, max_batch: int, max_queue: int,
-                 join_running: bool = True, events: WorkerEvents | None = None) -> None:
+                 join_running: bool = True, events: WorkerEvents | None = None,
+                 withdrawn: Callable[[object], str | None] = lambda adapter: None) -> None:
         super().__init__(name="nola-decode", daemon=True)
-        self.model, self.routes_for = model, routes_for
+        self.model, self.routes_for, self.withdrawn = model, routes_for, withdrawn
         self.window_s, self.max_batch, self.max_queue = window_s, max_batch, max_queue
         self.join_running = join_running
         self.events = events or WorkerEvents()
@@ -154,13 +162,16 @@ class DecodeWorker(threading.Thread):
                     batch = BeamBatch(self.model, self.routes_for, compact=True)
 
     def _take(self, room: int) -> list[Pending]:
-        """Up to `room` queued prompts, oldest first; cancelled ones are dropped on the way."""
+        """Up to `room` queued prompts, oldest first; cancelled ones are dropped on the way, those
+        whose adapter was withdrawn answered so."""
         take: list[Pending] = []
         while self._queue and len(take) < room:
             item = self._queue.popleft()
             if item.cancelled:
                 self.events.dropped(item, "queue")
                 item.settle(None)
+            elif (reason := self.withdrawn(item.adapter)) is not None:
+                item.settle(AdapterWithdrawn(reason))
             else:
                 take.append(item)
         return take
