@@ -15,10 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -27,11 +24,10 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 pytestmark = pytest.mark.slow  # every test starts a server process (about 40 s in all)
 
-from nola.decode.beam import search  # noqa: E402
-from nola.decode.config import SearchSettings  # noqa: E402
-from nola.decode.hypotheses import context_prompts, hypothesis_text  # noqa: E402
+from nola.decode.hypotheses import context_prompts  # noqa: E402
 from nola.tokenizer import load_tokenizer  # noqa: E402
-from bank_support import merged_model, save_random_adapters, tiny_base  # noqa: E402
+from bank_support import save_random_adapters, tiny_base  # noqa: E402
+from serve_support import Server, call, library_text, metric_values  # noqa: E402
 from train_support import subprocess_env, synthetic_examples  # noqa: E402
 
 SERVED = {
@@ -42,51 +38,6 @@ SERVED = {
 LATE = {"late": dict(kind="nola", rank=2, alpha=2, num_basis_a=8, num_basis_b=8, base_seed=5)}
 MAX_TOKENS = 6
 BEAM = 3
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def call(port: int, path: str, body: dict | bytes | None = None, timeout: float = 120.0,
-         key: str | None = None) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-class Server:
-    def __init__(self, root: Path, vocab_dir: Path, adapters_dir: Path, *extra: str, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.log = (root / f"server-{self.port}.log").open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "nola.serve", "model=tiny", "model.source=random", f"paths.vocab_dir={vocab_dir}",
-             f"paths.runs_dir={root / 'runs'}", f"serve.adapters_dir={adapters_dir}", f"serve.port={self.port}",
-             "train.device=cpu", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**subprocess_env(), **(env or {})})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {(root / f'server-{self.port}.log').read_text()}")
-            try:
-                if call(self.port, "/health", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("server did not start")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(60)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +56,7 @@ def served(base, tmp_path_factory, vocab_dir):
 
 
 def expected_text(base, directory, tokenizer, context: str, **settings) -> str:
-    settings = SearchSettings(**{"beam": BEAM, "max_new_tokens": MAX_TOKENS, **settings})
-    [prompt] = context_prompts(tokenizer, [context])
-    [found] = search(merged_model(base, directory), [prompt], settings, batch_size=1)
-    return hypothesis_text(tokenizer, found.tokens)
+    return library_text(base, directory, tokenizer, context, **{"beam": BEAM, "max_new_tokens": MAX_TOKENS, **settings})
 
 
 def test_parallel_requests_equal_the_library(served, base, vocab_dir):
@@ -245,18 +193,6 @@ def test_token_id_prompts_and_prompt_lists(served, base, vocab_dir):
                                                             "beam": BEAM})
     assert status_one == 200 and one["choices"][0]["text"] == texts["choices"][1]["text"]
     assert call(server.port, "/v1/completions", {"model": "nola", "prompt": [10**6]})[0] == 400
-
-
-def metric_values(port: int, key: str | None = None) -> dict[tuple[str, tuple], float]:
-    """/metrics parsed by the Prometheus client's own text parser: (sample name, labels) -> value."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers),
-                                timeout=30) as response:
-        text = response.read().decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def test_api_key_limits_and_metrics(base, tmp_path, vocab_dir):
