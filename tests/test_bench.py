@@ -237,3 +237,22 @@ def test_serving_bench_measures_both_loads_with_no_errors(vocab_dir):
                            "load_average_after": None, "result": result}}
     assert [g["measured"] for g in goals(section)] == [varied["concurrent_over_sequential"], 0]
     assert "join the running search" in render_markdown({"sections": section, "goals": goals(section)})
+
+
+def test_soak_bench_changes_adapters_under_load_and_verifies_every_answer(vocab_dir):
+    from nola.bench.machine import describe_machine
+    from nola.bench.report import goals, render_markdown
+    from nola.bench.soak import run
+
+    result = run(quick=True, vocab_dir=vocab_dir, duration_s=6.0, change_every_s=0.3)
+    changes = result["changes"]
+    assert changes["added"] + changes["replaced"] + changes["removed"] >= 5 and result["adapters_at_start"] == 20
+    assert result["unexpected_errors"] == {} and result["answered"] > 0
+    assert result["deliberate_errors"].get("500 adapter_error", 0) > 0  # the broken directories were asked for
+    checks = result["verified"]
+    assert checks["checked"] == result["answered"] and checks["mismatches"] == checks["unknown_versions"] == 0
+    assert result["requests"] == result["answered"] + sum(result["deliberate_errors"].values())
+    section = {"soak": {"date": "d", "machine": describe_machine(), "settings": {}, "duration_s": 1.0,
+                        "load_average_before": None, "load_average_after": None, "result": result}}
+    assert [g["measured"] for g in goals(section)] == [0, 0, result["rss_growth"]]
+    assert "deliberate errors" in render_markdown({"sections": section, "goals": goals(section)})

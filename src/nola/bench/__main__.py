@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from nola.allocator import keep_freed_memory
-from nola.bench import adapter_step, decode, gpu, multi_adapter, serving, training
+from nola.bench import adapter_step, decode, gpu, multi_adapter, serving, soak, training
 from nola.bench.machine import describe_machine, load_average
 from nola.bench.report import SECTION_ORDER, merge_sections, read_report, write_report
 from nola.errors import NolaError, exit_on_user_error
@@ -56,6 +56,11 @@ SECTIONS: dict[str, tuple[Callable[..., dict], dict, dict]] = {
     ),
     "serving": (  # the server's batching: varied max_tokens, short requests among long ones (join vs not)
         serving.run,
+        dict(),
+        dict(quick=True),
+    ),
+    "soak": (  # 3 minutes of 8 clients over 20+ adapters added, replaced and removed under them, then verified
+        soak.run,
         dict(),
         dict(quick=True),
     ),

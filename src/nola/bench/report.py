@@ -14,7 +14,7 @@ from nola.fileio import write_json_atomic, write_text_atomic
 from nola.errors import NolaError
 
 SCHEMA = 1
-SECTION_ORDER = ("adapter_step", "training", "decode", "multi_adapter", "serving", "gpu")
+SECTION_ORDER = ("adapter_step", "training", "decode", "multi_adapter", "serving", "soak", "gpu")
 MIB = 2**20
 
 
@@ -111,6 +111,13 @@ def goals(sections: dict) -> list[dict]:
         mixed = serving["mixed_lengths"]
         found.append(_goal("serving: failed requests (varied max_tokens, mixed lengths)",
                            varied["errors"] + mixed["joining"]["errors"] + mixed["static"]["errors"], 0, False))
+    soaked = _result(sections, "soak")
+    if soaked:
+        found.append(_goal("soak: errors other than the deliberate ones", sum(soaked["unexpected_errors"].values()),
+                           0, False))
+        found.append(_goal("soak: answers differing from the library's decode of their adapter version",
+                           soaked["verified"]["mismatches"] + soaked["verified"]["unknown_versions"], 0, False))
+        found.append(_goal("soak: resident memory growth, first to last minute", soaked["rss_growth"], 0.1, False))
     gpu = _result(sections, "gpu")
     if gpu:
         device = gpu["machine"]["device_name"]
@@ -340,5 +347,24 @@ def _serving(result: dict) -> list[str]:
     return lines + ["", f"Short requests' p50, waiting / joining: ×{_num(mixed['short_p50_static_over_joining'])}.", ""]
 
 
+def _soak(result: dict) -> list[str]:
+    changes, checks = result["changes"], result["verified"]
+    deliberate = ", ".join(f"{kind}: {count}" for kind, count in sorted(result["deliberate_errors"].items())) or "none"
+    unexpected = ", ".join(f"{kind}: {count}" for kind, count in sorted(result["unexpected_errors"].items())) or "none"
+    return [f"{result['model']}, the app on 127.0.0.1, {result['threads']} threads; {result['clients']} clients for "
+            f"{result['duration_s']:.0f} s, beam {result['beam']}, max_tokens {result['max_tokens']}.", "",
+            f"- adapters: {result['adapters_at_start']} at the start, {result['adapters_at_end']} at the end; "
+            f"{changes['added']} added, {changes['replaced']} replaced (copied over file by file), "
+            f"{changes['removed']} removed while serving; two broken directories throughout.",
+            f"- {result['requests']} requests, {result['requests_per_s']:.1f}/s; answered {result['answered']}: "
+            f"p50 {result['p50_s'] * 1e3:.0f} ms, p99 {result['p99_s'] * 1e3:.0f} ms.",
+            f"- deliberate errors (broken or removed adapters): {deliberate}; any other error: {unexpected}.",
+            f"- resident memory (server and clients, one process), peak of the first / last "
+            f"{result['rss_window_s']:.0f} s: {_mib(result['rss_first_bytes'])} / {_mib(result['rss_last_bytes'])} "
+            f"({result['rss_growth']:+.1%}).",
+            f"- every answer checked against the library's decode of its adapter version: {checks['checked']} checked, "
+            f"{checks['mismatches']} different, {checks['unknown_versions']} naming an unknown version.", ""]
+
+
 RENDERERS = {"adapter_step": _adapter_step, "training": _training, "decode": _decode,
-             "multi_adapter": _multi_adapter, "serving": _serving, "gpu": _gpu}
+             "multi_adapter": _multi_adapter, "serving": _serving, "soak": _soak, "gpu": _gpu}
