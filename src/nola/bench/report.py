@@ -360,7 +360,7 @@ def _soak(result: dict) -> list[str]:
             f"p50 {result['p50_s'] * 1e3:.0f} ms, p99 {result['p99_s'] * 1e3:.0f} ms.",
             f"- deliberate errors (broken or removed adapters): {deliberate}; any other error: {unexpected}.",
             f"- resident memory (server and clients, one process), peak of the first / last "
-            f"{result['rss_window_s']:.0f} s: {_mib(result['rss_first_bytes'])} / {_mib(result['rss_last_bytes'])} "
+            f"{result['rss_window_s']:.0f} s: {_mib(result['rss_first_bytes'])} / {_mib(result['rss_last_bytes'])} MiB "
             f"({result['rss_growth']:+.1%}).",
             f"- every answer checked against the library's decode of its adapter version: {checks['checked']} checked, "
             f"{checks['mismatches']} different, {checks['unknown_versions']} naming an unknown version.", ""]
