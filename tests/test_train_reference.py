@@ -313,9 +313,11 @@ def random_micro_batches(count: int, rows: int, seed: int):
     return [collate(sequences, np.arange(i * rows, (i + 1) * rows)) for i in range(count)]
 
 
+@pytest.mark.parametrize("chunk_tokens", [0, 5])
 @pytest.mark.parametrize("normalization", ["batch_mean", "step_token_mean"])
-def test_step_loss_is_loras_per_micro_batch_mean(normalization):
-    recipe = TrainConfig(lr=0.0, grad_accum=2, batch_size=6, label_smoothing=0.1, loss_normalization=normalization)
+def test_step_loss_is_loras_per_micro_batch_mean(normalization, chunk_tokens):
+    recipe = TrainConfig(lr=0.0, grad_accum=2, batch_size=6, label_smoothing=0.1, loss_normalization=normalization,
+                         loss_chunk_tokens=chunk_tokens)
     update = tiny_update(recipe, AdapterConfig(kind="lora", rank=2, alpha=4))
     micro = random_micro_batches(2, 3, seed=1)
     with torch.no_grad():
@@ -330,13 +332,14 @@ def test_step_loss_is_loras_per_micro_batch_mean(normalization):
     assert result.loss == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_validation_reports_loras_mean_of_batch_means_beside_the_token_mean():
+@pytest.mark.parametrize("chunk_tokens", [0, 3])
+def test_validation_reports_loras_mean_of_batch_means_beside_the_token_mean(chunk_tokens):
     valid = random_micro_batches(3, 4, seed=2)
     update = tiny_update(TrainConfig(), AdapterConfig(kind="lora", rank=2, alpha=4))
     with torch.no_grad():
         per_batch = [lora_micro_batch_loss(update.model(b.input_ids), b.targets, b.loss_mask, 0.0) for b in valid]
     tokens = [b.loss_mask.sum() for b in valid]
-    losses = validation_loss(update.model, valid, update.ctx)
+    losses = validation_loss(update.model, valid, update.ctx, chunk_tokens=chunk_tokens)
     assert losses["batch_mean_loss"] == pytest.approx(float(sum(per_batch) / 3), rel=1e-5)
     token_mean = sum(l * (t + 1e-4) for l, t in zip(per_batch, tokens)) / sum(tokens)
     assert losses["loss"] == pytest.approx(float(token_mean), rel=1e-5)

@@ -110,14 +110,15 @@ class Trainer:
 
 
 def ours(config: GPT2Config, adapter: AdapterConfig, micro_batches: list[Batch], *, device: torch.device,
-         amp_dtype: torch.dtype | None = None, seed: int = 0) -> Trainer:
-    """Our GPT-2 with `adapter`, one optimizer step over `micro_batches` by the project's `train_step`."""
+         amp_dtype: torch.dtype | None = None, seed: int = 0, chunk_tokens: int = 0) -> Trainer:
+    """Our GPT-2 with `adapter`, one optimizer step over `micro_batches` by the project's `train_step`
+    (`chunk_tokens`: train.loss_chunk_tokens, 0 = full logits)."""
     model = init_gpt2(config, seed).to(device)
     set_base_dropout(model, 0.0)
     inject_adapters(model, adapter)
     model.train()
     trainable = adapter_params(model)
-    recipe = TrainConfig(lr=5e-3, warmup_steps=0, label_smoothing=LABEL_SMOOTHING)
+    recipe = TrainConfig(lr=5e-3, warmup_steps=0, label_smoothing=LABEL_SMOOTHING, loss_chunk_tokens=chunk_tokens)
     optimizer = build_optimizer(list(trainable.values()), recipe)
     update = Update(model, list(trainable.values()), optimizer, Schedule(recipe.lr, 0, 10**9, 1), recipe,
                     DistContext(rank=0, world_size=1, local_rank=0, device=device), amp_dtype)

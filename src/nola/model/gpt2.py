@@ -212,7 +212,9 @@ class GPT2(nn.Module):
     `forward(input_ids)` → logits (B, T, vocab). With `attention_mask` (B, S), S = cached + T,
     True marking real tokens, padded rows compute exactly what they compute alone.
     `only_last` keeps the last position (B, 1, vocab); `output_mask` (B, T) bool keeps the selected
-    positions (N, vocab), so training pays the vocabulary projection only where the loss is taken.
+    positions (N, vocab), so training pays the vocabulary projection only where the loss is taken;
+    `hidden_only` returns the final layer-normed hidden states instead of logits (a fused loss
+    applies `lm_head` itself).
     """
 
     def __init__(self, config: GPT2Config) -> None:
@@ -234,6 +236,7 @@ class GPT2(nn.Module):
         cache: KVCache | None = None,
         only_last: bool = False,
         output_mask: torch.Tensor | None = None,
+        hidden_only: bool = False,
     ) -> torch.Tensor:
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -252,7 +255,8 @@ class GPT2(nn.Module):
             x = x[:, -1:]
         elif output_mask is not None:
             x = x[output_mask]  # (N, C): only the positions a loss needs reach the vocabulary projection
-        return self.lm_head(self.transformer.ln_f(x))
+        x = self.transformer.ln_f(x)
+        return x if hidden_only else self.lm_head(x)
 
     @staticmethod
     def _positions_and_mask(input_ids, attention_mask, past: int):

@@ -37,6 +37,10 @@ class TrainConfig:
         step_token_mean = one token mean over the whole optimizer step (all micro-batches and
         processes), so the gradient does not depend on how the global batch is split.
     label_smoothing: ε of LoRA's loss (1 - ε)·nll + ε·mean over the vocabulary of -log p.
+    loss_chunk_tokens: 0 = the output layer's logits for every completion token at once, then the
+        loss (the papers' computation); N > 0 = output layer and loss fused, N tokens at a time,
+        never holding all tokens × vocabulary logits (`nola.training.loss.chunked_linear_loss_sum`:
+        equal up to float rounding, much less memory).
     max_grad_norm: clip the adapter gradients' global norm (0: no clipping).
     precision: fp32 (the papers'; TF32 off on CUDA), bf16 autocast (a speed option; CPU too where
         it is native), fp16 autocast with a gradient scaler (CUDA only), auto = bf16 on CUDA when
@@ -73,6 +77,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-6
     label_smoothing: float = 0.1
+    loss_chunk_tokens: int = 0
     max_grad_norm: float = 0.0
     precision: str = "fp32"
     base_dropout: float = 0.0
@@ -104,7 +109,8 @@ def check_train_config(train, world_size: int = 1) -> int:
         raise NolaError(f"train.seed={train.seed} must be a non-negative integer below 2**63")
     if train.dist_timeout_s <= 0:
         raise NolaError(f"train.dist_timeout_s={train.dist_timeout_s} must be positive")
-    for key in ("lr", "warmup_steps", "weight_decay", "adam_eps", "max_grad_norm", "max_steps", "max_time_s"):
+    for key in ("lr", "warmup_steps", "weight_decay", "adam_eps", "max_grad_norm", "max_steps", "max_time_s",
+                "loss_chunk_tokens"):
         if getattr(train, key) < 0:
             raise NolaError(f"train.{key}={getattr(train, key)} must not be negative")
     for key in ("adam_beta1", "adam_beta2", "label_smoothing", "base_dropout"):

@@ -34,7 +34,7 @@ from nola.errors import NolaError
 from nola.training import checkpoint as ckpt
 from nola.training.data import TrainingData
 from nola.training.distributed import DistContext, all_reduce_gradients, all_reduce_sum, barrier
-from nola.training.loss import masked_token_loss_sum
+from nola.training.loss import completion_loss_sum
 from nola.training.monitor import Monitor
 from nola.training.optim import Schedule, autocast
 
@@ -154,7 +154,7 @@ def fit(job: TrainingJob, state: TrainState) -> str:
         epochs_done = train.epochs if last else (first + accum) // per_epoch
         epoch_end = last or epochs_done > first // per_epoch
         if epoch_end and train.eval_every_epoch:
-            losses = validation_loss(job.built.model, job.data.valid, job.ctx, job.amp_dtype)
+            losses = validation_loss(job.built.model, job.data.valid, job.ctx, job.amp_dtype, train.loss_chunk_tokens)
             state.valid.append({"epoch": epochs_done, "step": state.step, **losses})
             if job.monitor:
                 job.monitor.validation(state.step, losses["loss"], losses["batch_mean_loss"])
@@ -197,9 +197,8 @@ def train_step(update: Update, micro_batches, stop_requested: bool, step: int) -
         batch = batch.to(device)
         # Rows are right-padded: the causal mask alone keeps real tokens from seeing padding and
         # their positions are 0..T-1, so no attention mask is passed (SDPA keeps its fused kernel).
-        with autocast(device, update.amp_dtype):
-            logits = model(batch.input_ids, output_mask=batch.loss_mask > 0)
-        total = masked_token_loss_sum(logits, batch.targets, batch.loss_mask, train.label_smoothing)
+        total = completion_loss_sum(model, batch, train.label_smoothing, train.loss_chunk_tokens,
+                                    amp=lambda: autocast(device, update.amp_dtype))
         if per_batch:
             part = total / (tokens + LORA_MASK_EPSILON) / len(micro_batches)
         else:
@@ -245,7 +244,8 @@ def _non_finite_message(job: TrainingJob, step: int, loss: float, grad_norm: flo
 
 
 @torch.no_grad()
-def validation_loss(model: torch.nn.Module, batches, ctx: DistContext, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+def validation_loss(model: torch.nn.Module, batches, ctx: DistContext, amp_dtype: torch.dtype | None = None,
+                    chunk_tokens: int = 0) -> dict[str, float]:
     """Cross-entropy (no label smoothing, as LoRA's `evaluate`) over this run's validation batches.
 
     loss: the token mean over all batches; batch_mean_loss: LoRA's figure, the mean over batches of
@@ -257,9 +257,7 @@ def validation_loss(model: torch.nn.Module, batches, ctx: DistContext, amp_dtype
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, tokens, sum of batch means, batches
     for batch in batches:
         batch = batch.to(device)
-        with autocast(device, amp_dtype):
-            logits = model(batch.input_ids, output_mask=batch.loss_mask > 0)
-        total = masked_token_loss_sum(logits, batch.targets, batch.loss_mask, 0.0).double()
+        total = completion_loss_sum(model, batch, 0.0, chunk_tokens, amp=lambda: autocast(device, amp_dtype)).double()
         tokens = batch.loss_mask.sum().double()
         sums += torch.stack([total, tokens, total / (tokens + LORA_MASK_EPSILON), torch.ones_like(total)])
     all_reduce_sum(ctx, sums)
