@@ -347,10 +347,15 @@ def top_log_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     """Each row's k best tokens and their log-softmax, in at least float32.
 
     The best k candidates of beam score + log-softmax over beam × vocab are among the k best tokens
-    of each beam, so the beam scores are added to those only (rows × k, not rows × vocab).
+    of each beam, so the beam scores are added to those only (rows × k, not rows × vocab). Log-softmax
+    is the logit less the row's log-sum-exp, a per-row constant, so the top k are taken on the raw
+    logits and only those k are shifted: one read of the vocabulary row for the log-sum-exp and one
+    for the top-k, no rows × vocab log-probability tensor written (as a fused softmax-top-k kernel
+    does). The scores equal `log_softmax(...).topk` to within float rounding (a few ulps).
     """
-    log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
-    return log_probs.topk(k, dim=1)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    top, tokens = logits.topk(k, dim=1)
+    return top - torch.logsumexp(logits, dim=1, keepdim=True), tokens
 
 
 def penalize(logits: torch.Tensor, history: torch.Tensor, settings: SearchSettings) -> torch.Tensor:
