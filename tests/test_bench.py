@@ -141,6 +141,19 @@ def test_quick_training_matches_transformers_when_installed(quick_run):
     assert set(result["ratios"]) == {"ours_lora_over_hf", "ours_nola_over_hf"}
 
 
+def test_quick_training_compares_the_two_output_layers_side_by_side(quick_run):
+    output = read_report(quick_run / "bench.json")["sections"]["training"]["result"]["output_layer"]
+    rows = output["contenders"]
+    assert {"lora_full", "lora_chunked", "nola_full", "nola_chunked"} <= set(rows)
+    for name in ("lora", "nola"):
+        ratios = output["chunked_over_full"][name]
+        assert ratios["peak_bytes"] == pytest.approx(rows[f"{name}_chunked"]["peak_bytes"] / rows[f"{name}_full"]["peak_bytes"])
+        assert ratios["tokens_per_s"] > 0
+    mini = output["bf16_mini"]
+    assert "skipped" in mini or set(mini["contenders"]) == {"fp32_full", "fp32_chunked", "bf16_full", "bf16_chunked"}
+    assert "full logits against the fused, chunked loss" in (quick_run / "bench.md").read_text()
+
+
 def test_quick_decode_races_transformers_on_the_same_model(quick_run):
     result = read_report(quick_run / "bench.json")["sections"]["decode"]["result"]
     pytest.importorskip("transformers")

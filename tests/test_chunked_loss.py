@@ -71,7 +71,7 @@ def test_zero_mask_rows_contribute_nothing():
     assert torch.count_nonzero(grad.abs().sum(1)) == 1
 
 
-@pytest.mark.parametrize("kind", ["lora", "nola"])
+@pytest.mark.parametrize("kind", ["lora", "nola", "full"])
 def test_a_training_forward_gives_the_plain_losses_gradients(kind):
     """Through a tiny GPT-2 with an adapter, in float32: the fused loss's value within 1e-6 relative
     and the adapter gradients within float rounding of the plain full-logits loss."""
@@ -82,14 +82,15 @@ def test_a_training_forward_gives_the_plain_losses_gradients(kind):
     from nola.training.loss import completion_loss_sum
 
     model = init_gpt2(GPT2Config.named("tiny"), 0)
-    settings = {"lora": dict(kind="lora", rank=2, alpha=4), "nola": dict(kind="nola", rank=2, alpha=2, num_basis_a=8,
-                                                                         num_basis_b=8)}[kind]
+    settings = {"lora": dict(kind="lora", rank=2, alpha=4), "full": dict(kind="full"),  # full: the tied head trains
+                "nola": dict(kind="nola", rank=2, alpha=2, num_basis_a=8, num_basis_b=8)}[kind]
     inject_adapters(model, AdapterConfig(**settings))
     model.eval()  # no dropout: both forwards see the same network
     generator = torch.Generator().manual_seed(1)
-    for param in model.parameters():
-        if param.requires_grad:
-            param.data.normal_(0, 0.1, generator=generator)
+    if kind != "full":
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data.normal_(0, 0.1, generator=generator)
     ids = torch.randint(model.config.vocab_size, (3, 12), generator=generator)
     mask = torch.zeros(3, 12)
     mask[:, 5:] = 1.0

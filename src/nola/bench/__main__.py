@@ -42,7 +42,10 @@ SECTIONS: dict[str, tuple[Callable[..., dict], dict, dict]] = {
         training.run,
         dict(repeats=8, warmup=2),
         dict(repeats=2, warmup=1, config=GPT2Config(n_embd=64, n_layer=2, n_head=4), matmul_size=128,
-             matmul_repeats=2, profile_top=5),
+             matmul_repeats=2, profile_top=5,
+             output_layer=dict(config=GPT2Config(n_embd=64, n_layer=2, n_head=4),
+                               mini=GPT2Config(n_embd=64, n_layer=1, n_head=4), context_lengths=(8, 9),
+                               completion_lengths=(9, 7), chunk_tokens=4)),
     ),
     "decode": (  # 3 rounds: one round decodes 16 prompts × beam 10 × 64 tokens with each contender
         decode.bench_decode,

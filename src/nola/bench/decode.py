@@ -142,14 +142,15 @@ def race(ours: GPT2, hf, token_ids: list[list[int]], settings: dict, *, repeats:
 
 def bench_trained_decode(*, repeats: int, warmup: int, model_dir: str | Path = TRAINED_BASE,
                          data_dir: str | Path = "data", vocab_dir: str | Path | None = None,
-                         contexts: int = 32) -> dict:
+                         contexts: int = 32, threads: int = 1) -> dict:
     """The same race with a trained model on real E2E test contexts, where hypotheses end.
 
     Uses the base `make mini` pretrains (DART + WebNLG, never E2E) and the first `contexts` E2E test
     contexts; skipped (with the reason) until `make mini` and `make data` have run. Here the
     semantics matter: LoRA's search, which ours reproduces exactly, may only stop an input once no
     live beam can still beat its best finished hypothesis (log-probabilities ≤ 0, normalisation up
-    to max_new_tokens), while generate()'s default stops as soon as its heuristic says so.
+    to max_new_tokens), while generate()'s default stops as soon as its heuristic says so. Both run
+    with `threads` torch threads (1: a decoder's own speed, not how well it splits small matmuls).
     """
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     vocab_dir = Path(vocab_dir) if vocab_dir is not None else data_dir / "vocab"
@@ -168,7 +169,12 @@ def bench_trained_decode(*, repeats: int, warmup: int, model_dir: str | Path = T
     hf = GPT2LMHeadModel.from_pretrained(model_dir).eval()
     groups = load_reference_groups(data_dir, "e2e", "test")[:contexts]
     token_ids = context_prompts(load_tokenizer(vocab_dir), [group.context for group in groups])
-    result = race(ours, hf, token_ids, dict(PAPER), repeats=repeats, warmup=warmup)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = race(ours, hf, token_ids, dict(PAPER), repeats=repeats, warmup=warmup)
+    finally:
+        torch.set_num_threads(before)
     return {"model": str(model_dir), "data": "E2E test, first contexts", **result}
 
 

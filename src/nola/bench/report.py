@@ -80,6 +80,20 @@ def goals(sections: dict) -> list[dict]:
                                    ratios["peak_bytes"], 0.8, False))
             found.append(_goal(f"{name} model FLOP/s / measured fp32 matmul peak",
                                training["contenders"][name]["flop_utilisation"], 0.5, True))
+    output = (_result(sections, "training") or {}).get("output_layer")
+    if output:
+        width = output["config"]["n_embd"]
+        for name in ("lora", "nola"):
+            found.append(_goal(f"chunked output layer + loss / full logits, peak memory, {name} step (width {width})",
+                               output["chunked_over_full"][name]["peak_bytes"], 0.5, False))
+            found.append(_goal(f"chunked output layer + loss / full logits, tokens/s, {name} step (width {width})",
+                               output["chunked_over_full"][name]["tokens_per_s"], 1.2, True))
+        mini = output.get("bf16_mini", {})
+        if "skipped" not in mini:
+            found.append(_goal("mini NOLA step, bf16 + chunked loss / fp32 full logits, tokens/s",
+                               mini["bf16_chunked_over_fp32_full"], 1.3, True))
+            found.append(_goal("mini pretraining step, bf16 + chunked loss / fp32 full logits, tokens/s",
+                               mini["pretrain_bf16_chunked_over_fp32_full"], 1.0, True))
     decode = _result(sections, "decode")
     if decode and decode.get("speedup") is not None:
         found.append(_goal("beam search tokens/s / transformers generate() tokens/s", decode["speedup"], 3, True))
@@ -239,7 +253,37 @@ def _training(result: dict) -> list[str]:
               "| operator | self s | share | calls |", "|---|---:|---:|---:|"]
     lines += [f"| `{row['op']}` | {row['self_s']:.3f} | {row['share']:.1%} | {row['calls']} |"
               for row in result["profile_ours_lora"]]
-    return lines + [""]
+    return lines + [""] + (_output_layer(result["output_layer"]) if "output_layer" in result else [])
+
+
+def _output_layer(result: dict) -> list[str]:
+    shape, batch = result["config"], result["batch"]
+    lines = ["### the output layer: full logits against the fused, chunked loss", "",
+             f"Width {shape['n_embd']}, {shape['n_head']} heads, {shape['n_layer']} layers, the full vocabulary; "
+             f"{batch['sequences']} sequences × {batch['padded_length']} tokens, {batch['completion_tokens']} "
+             f"completion tokens; train.loss_chunk_tokens={result['chunk_tokens']}; fp32.", "",
+             "| contender | median s | tokens/s | peak MiB |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {row['median_s']:.3f} | {row['tokens_per_s']:.0f} | {_mib(row['peak_bytes'])} |"
+              for name, row in result["contenders"].items()]
+    lines.append("")
+    for name, ratios in result["chunked_over_full"].items():
+        extra = "".join(f"; {key.replace('_over_hf_tokens_per_s', '')} / transformers+peft tokens/s "
+                        f"×{_num(value)}" for key, value in ratios.items() if key.endswith("_over_hf_tokens_per_s"))
+        lines.append(f"- {name}: chunked / full tokens/s ×{_num(ratios['tokens_per_s'])}, peak memory "
+                     f"×{_num(ratios['peak_bytes'])}{extra}")
+    mini = result.get("bf16_mini", {})
+    if "skipped" in mini:
+        return lines + ["", f"bf16 on the mini: skipped ({mini['skipped']}).", ""]
+    shape = mini["config"]
+    lines += ["", f"The mini's adaptation step (width {shape['n_embd']}, {shape['n_layer']} layers, {mini['adapter']}, "
+              "E2E-like batch of 8):", "", "| precision, loss | median ms | tokens/s |", "|---|---:|---:|"]
+    lines += [f"| {name.replace('_', ', ')} | {row['median_s'] * 1e3:.1f} | {row['tokens_per_s']:.0f} |"
+              for name, row in mini["contenders"].items()]
+    return lines + ["", f"- bf16 + chunked / fp32 full logits: ×{_num(mini['bf16_chunked_over_fp32_full'])}; "
+                    f"bf16 / fp32 both chunked: ×{_num(mini['bf16_chunked_over_fp32_chunked'])}; "
+                    f"bf16 / fp32 both with full logits: ×{_num(mini['bf16_full_over_fp32_full'])}; "
+                    f"pretraining step (every weight trains), bf16 + chunked / fp32 full logits: "
+                    f"×{_num(mini['pretrain_bf16_chunked_over_fp32_full'])}", ""]
 
 
 def _decode(result: dict) -> list[str]:

@@ -199,8 +199,11 @@ def profile_step(step, *, top: int) -> list[dict]:
 
 
 def run(*, repeats: int, warmup: int, config: GPT2Config = CPU_CONFIG, matmul_size: int = 1536,
-        matmul_repeats: int = 10, profile_top: int = 10, device: torch.device = torch.device("cpu")) -> dict:
-    """Measure the contenders (see the module docstring) and our FLOP utilisation."""
+        matmul_repeats: int = 10, profile_top: int = 10, device: torch.device = torch.device("cpu"),
+        output_layer: dict | None = None) -> dict:
+    """Measure the contenders (see the module docstring) and our FLOP utilisation, then the output
+    layer's two computations (`bench_output_layer`, with `output_layer`'s arguments; at most 3
+    timed rounds of its long GPT-2 M-shaped steps)."""
     batch = e2e_like_batch(config.vocab_size, seed=0)
     lengths = batch.attention_mask.sum(dim=1).tolist()
     trainers = {name: ours(config, adapter, [batch], device=device)
@@ -250,4 +253,86 @@ def run(*, repeats: int, warmup: int, config: GPT2Config = CPU_CONFIG, matmul_si
         }
     else:
         result["hf_peft_lora"] = hf_skip
+    result["output_layer"] = bench_output_layer(repeats=min(repeats, 3), warmup=min(warmup, 1), device=device,
+                                                **(output_layer or {}))
+    return result
+
+
+# The output layer at the vocabulary floor (train.loss_chunk_tokens): GPT-2 M's width and heads with
+# fewer layers (a CPU step), batch 8 × 512 tokens (context 256 + completion 256 each), so the
+# 50,257-way head over 2,056 completion tokens is most of the step.
+M_SHAPED = GPT2Config(n_embd=1024, n_layer=2, n_head=16)
+M_CONTEXT, M_COMPLETION = (256,) * 8, (257,) * 8
+CHUNK_TOKENS = 256
+MINI_NOLA = AdapterConfig(kind="nola", rank=8, alpha=8.0, targets=["q", "v"], modules=["c_attn"], num_basis_a=32,
+                          num_basis_b=32)  # conf/experiment/mini/nola_k32.yaml
+FULL = AdapterConfig(kind="full")  # every weight trains: the mini's pretraining step
+
+
+def _measure(trainers: dict[str, Trainer], batch: Batch, *, repeats: int, warmup: int, device: torch.device,
+             desc: str) -> dict[str, dict]:
+    samples = time_alternating({name: t.step for name, t in trainers.items()}, repeats=repeats, warmup=warmup,
+                               device=device, desc=desc)
+    tokens = int(batch.attention_mask.sum())
+    rows = {}
+    for name, trainer in trainers.items():
+        timing = summarize(samples[name])
+        memory = peak_memory(trainer.step, resident_tensors([trainer.model], trainer.optimizer), device)
+        rows[name] = {**timing, "tokens_per_s": tokens / timing["median_s"], **memory.to_dict()}
+    return rows
+
+
+def bench_output_layer(*, repeats: int, warmup: int, config: GPT2Config = M_SHAPED, mini: GPT2Config | None = None,
+                       context_lengths=M_CONTEXT, completion_lengths=M_COMPLETION, chunk_tokens: int = CHUNK_TOKENS,
+                       device: torch.device = torch.device("cpu")) -> dict:
+    """The fused, chunked output layer + loss against the full-logit one, side by side in one run:
+    a GPT-2 M-shaped step with LoRA and NOLA (and transformers + peft on the same shapes), and the
+    mini's adaptation step in fp32 and bf16 where this CPU computes bf16 natively."""
+    from nola.bench.machine import native_bf16
+
+    batch = e2e_like_batch(config.vocab_size, seed=0, context_lengths=context_lengths,
+                           completion_lengths=completion_lengths)
+    trainers = {f"{name}_{label}": ours(config, adapter, [batch], device=device, chunk_tokens=chunk)
+                for name, adapter in (("lora", LORA), ("nola", NOLA)) for label, chunk in (("full", 0),
+                                                                                          ("chunked", chunk_tokens))}
+    if hf_available() is None:
+        trainers["hf_peft_lora"] = hf_peft(init_gpt2(config, 0), batch, device=device)
+    rows = _measure(trainers, batch, repeats=repeats, warmup=warmup, device=device, desc="output layer step")
+    ratios = {name: {"tokens_per_s": ratio(rows[f"{name}_chunked"]["tokens_per_s"], rows[f"{name}_full"]["tokens_per_s"]),
+                     "peak_bytes": ratio(rows[f"{name}_chunked"]["peak_bytes"], rows[f"{name}_full"]["peak_bytes"])}
+              for name in ("lora", "nola")}
+    if "hf_peft_lora" in rows:
+        for name in ("lora", "nola"):
+            for label in ("full", "chunked"):
+                ratios[name][f"{label}_over_hf_tokens_per_s"] = ratio(rows[f"{name}_{label}"]["tokens_per_s"],
+                                                                      rows["hf_peft_lora"]["tokens_per_s"])
+    result = {"config": {"n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head},
+              "batch": {"sequences": len(context_lengths), "padded_length": batch.input_ids.shape[1],
+                        "completion_tokens": int(batch.loss_mask.sum())},
+              "chunk_tokens": chunk_tokens, "contenders": rows, "chunked_over_full": ratios}
+    mini = mini or GPT2Config.named("mini")
+    if not native_bf16(device):
+        result["bf16_mini"] = {"skipped": "this device has no native bfloat16"}
+        return result
+    small = e2e_like_batch(mini.vocab_size, seed=0)
+    variants = {"fp32_full": (None, 0), "fp32_chunked": (None, chunk_tokens), "bf16_full": (torch.bfloat16, 0),
+                "bf16_chunked": (torch.bfloat16, chunk_tokens)}
+    mini_trainers = {name: ours(mini, MINI_NOLA, [small], device=device, amp_dtype=dtype, chunk_tokens=chunk)
+                     for name, (dtype, chunk) in variants.items()}
+    for name in ("fp32_full", "bf16_chunked"):  # the mini's pretraining: every weight trains
+        dtype, chunk = variants[name]
+        mini_trainers[f"pretrain_{name}"] = ours(mini, FULL, [small], device=device, amp_dtype=dtype,
+                                                 chunk_tokens=chunk)
+    mini_rows = _measure(mini_trainers, small, repeats=repeats * 4, warmup=warmup, device=device, desc="mini step")
+    result["bf16_mini"] = {
+        "config": {"n_embd": mini.n_embd, "n_layer": mini.n_layer, "n_head": mini.n_head}, "adapter": "nola k=l=32",
+        "contenders": mini_rows,
+        "bf16_chunked_over_fp32_full": ratio(mini_rows["bf16_chunked"]["tokens_per_s"],
+                                             mini_rows["fp32_full"]["tokens_per_s"]),
+        "bf16_chunked_over_fp32_chunked": ratio(mini_rows["bf16_chunked"]["tokens_per_s"],
+                                                mini_rows["fp32_chunked"]["tokens_per_s"]),
+        "bf16_full_over_fp32_full": ratio(mini_rows["bf16_full"]["tokens_per_s"], mini_rows["fp32_full"]["tokens_per_s"]),
+        "pretrain_bf16_chunked_over_fp32_full": ratio(mini_rows["pretrain_bf16_chunked"]["tokens_per_s"],
+                                                      mini_rows["pretrain_fp32_full"]["tokens_per_s"]),
+    }
     return result

@@ -79,35 +79,49 @@ def chunked_linear_loss_sum(
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """The chunked loss and its gradients in one pass. With P the softmax of a chunk's logits z = hWᵀ,
+    W̄ the mean of W's rows and sᵢ the token weights:
+        lossᵢ = lse(zᵢ) − (1 − ε)·zᵢ,ₜ − ε·hᵢ·W̄            (mean over the vocabulary of zᵢ = hᵢ·W̄)
+        ∂/∂hᵢ = sᵢ·(PᵢW − (1 − ε)·W[tᵢ] − ε·W̄)
+        ∂/∂W  = (P)ᵀ(s∘H) − (1 − ε)·Σᵢ sᵢ e_{tᵢ} hᵢᵀ − (ε/V)·1·(Σᵢ sᵢhᵢ)ᵀ
+    so the onehot and smoothing terms cost rows × width, not rows × vocabulary: per chunk the logits
+    are written once and read by the log-sum-exp and the softmax, whose output one matmul reads."""
+
     @staticmethod
     def forward(ctx, hidden, weight, targets, token_weights, label_smoothing, chunk_tokens):
-        vocab, ctx.weight_dtype = weight.shape[0], weight.dtype
+        ctx.weight_dtype = weight.dtype
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
         wide = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
-        grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device) if need_weight else None
-        total = torch.zeros((), dtype=wide, device=hidden.device)
         keep = 1.0 - label_smoothing
+        mean_row = weight.to(wide).mean(dim=0)  # W̄ (d,)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device) if need_weight else None
+        weighted_sum = torch.zeros(weight.shape[1], dtype=wide, device=weight.device)  # Σᵢ sᵢhᵢ
+        total = torch.zeros((), dtype=wide, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_tokens):
             rows = slice(start, start + chunk_tokens)
             piece, target, scale = hidden[rows], targets[rows], token_weights[rows].to(wide)
             logits = (piece @ weight.t()).to(wide)  # (n, V); a bf16 matmul under autocast, then fp32
-            lse = torch.logsumexp(logits, dim=1)
-            per_token = lse - keep * logits.gather(1, target.unsqueeze(1)).squeeze(1)
+            per_token = torch.logsumexp(logits, dim=1) - keep * logits.gather(1, target.unsqueeze(1)).squeeze(1)
             if label_smoothing:
-                per_token = per_token - label_smoothing * logits.mean(dim=1)
+                per_token = per_token - label_smoothing * (piece.to(wide) @ mean_row)
             total += (per_token * scale).sum()
-            if need_hidden or need_weight:
-                grad = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in the logits' memory
+            if not (need_hidden or need_weight):
+                continue
+            probs = torch.softmax(logits, dim=1)
+            del logits
+            if need_hidden:
+                grad = (probs @ weight.to(probs.dtype)).to(wide) - keep * weight[target].to(wide)
                 if label_smoothing:
-                    grad.sub_(label_smoothing / vocab)
-                grad.scatter_add_(1, target.unsqueeze(1), torch.full_like(scale, -keep).unsqueeze(1))
-                grad.mul_(scale.unsqueeze(1))
-                grad = grad.to(piece.dtype) if grad.dtype != piece.dtype else grad
-                if need_hidden:
-                    grad_hidden[rows] = grad @ weight.to(grad.dtype)
-                if need_weight:
-                    grad_weight += (grad.t() @ piece.to(grad.dtype)).to(wide)
+                    grad -= label_smoothing * mean_row
+                grad_hidden[rows] = grad * scale.unsqueeze(1)
+            if need_weight:
+                scaled = piece.to(wide) * scale.unsqueeze(1)  # sᵢhᵢ
+                grad_weight += (probs.t() @ scaled.to(probs.dtype)).to(wide)
+                grad_weight.index_add_(0, target, scaled, alpha=-keep)
+                weighted_sum += scaled.sum(dim=0)
+        if need_weight and label_smoothing:
+            grad_weight -= (label_smoothing / weight.shape[0]) * weighted_sum
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total
 
