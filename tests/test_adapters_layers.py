@@ -138,6 +138,21 @@ def test_merged_logits_equal_unmerged_and_unmerge_restores(config):
         torch.testing.assert_close(value, base[name], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("config", [NOLA_MLP, LORA_QV])
+def test_a_non_finite_adapter_is_not_merged_and_the_base_stays_untouched(config):
+    model = adapted(**config)
+    randomize_adapters(model, std=0.05)
+    base = {name: value.clone() for name, value in base_state_items(model)}
+    last = list(adapter_params(model).values())[-1]  # the last layer's: the earlier ones must not be merged either
+    with torch.no_grad():
+        last.view(-1)[0] = float("nan")
+    with pytest.raises(NolaError, match="NaN or infinite values; nothing was merged"):
+        merge_adapters(model)
+    assert not any(layer.merged for _, layer in adapted_layers(model))
+    for name, value in base_state_items(model):
+        assert torch.equal(value, base[name]), name
+
+
 def test_fused_c_attn_enable_mask_changes_only_q_and_v_columns():
     model = adapted(**NOLA_MLP, targets=["q", "v"])
     randomize_adapters(model)

@@ -14,18 +14,9 @@ from nola.data.batching import LengthBucketBatcher, build_sequences, collate
 from nola.data.config import LastBatch, TruncationPolicy
 from nola.data.tokenized import TokenizedSplit
 from nola.errors import NolaError
+from train_support import split_of
 
 E = 50256
-
-
-def split_of(pairs: list[tuple[list[int], list[int]]]) -> TokenizedSplit:
-    """A TokenizedSplit from (context ids, completion ids) pairs."""
-
-    def flat(seqs):
-        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
-        return np.array([t for s in seqs for t in s], dtype=np.int32), offsets
-
-    return TokenizedSplit(*flat([c for c, _ in pairs]), *flat([m for _, m in pairs]))
 
 
 def lengths_split(lengths: list[int]) -> TokenizedSplit:

@@ -265,3 +265,14 @@ def test_a_public_host_without_a_key_is_refused_before_the_model_is_built(tmp_pa
                            f"paths.vocab_dir={vocab_dir}", f"paths.runs_dir={tmp_path}", "serve.host=0.0.0.0",
                            "train.device=cpu"], capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert done.returncode != 0 and "no API key is set" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_server_writes_no_run_directory(base, tmp_path, vocab_dir):
+    adapters = save_random_adapters(base, tmp_path / "adapters", {"lora": SERVED["lora"]})
+    server = Server(tmp_path, vocab_dir, adapters)
+    try:
+        assert call(server.port, "/v1/completions", {"model": "lora", "prompt": "name : Aromi", "max_tokens": 2})[0] == 200
+    finally:
+        server.stop()
+    assert not (tmp_path / "runs").exists()  # paths.runs_dir: no <name>/.hydra, no job log
+    assert '"path": "/v1/completions"' in (tmp_path / f"server-{server.port}.log").read_text()  # logs still go out

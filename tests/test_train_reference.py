@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import io
 import math
-import random
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 from nola.adapters import AdapterConfig, inject_adapters
 from nola.adapters.inject import nola_slots
@@ -30,7 +29,8 @@ from nola.training.config import TrainConfig
 from nola.training.distributed import DistContext
 from nola.training.loop import Update, schedule_for, train_step, validation_loss
 from nola.training.optim import LoraAdamW, Schedule, build_optimizer
-from test_data_batching import split_of
+from reference_support import FTDatasetIndices, lora_micro_batch_loss, lora_row
+from train_support import split_of
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -143,8 +143,8 @@ def lora_update_lrs(lr: float, warmup: int, max_step: int, grad_acc: int) -> lis
         return max(0.0, float(max_step - t) / float(max(1, max_step - warmup)))
 
     scheduler_steps, lrs = 0, []
-    for train_step in range(1, max_step + 1):
-        if train_step % grad_acc == 0:  # is_update: optimizer.step() with the current lr
+    for micro_step in range(1, max_step + 1):  # gpt2_ft.py train_step
+        if micro_step % grad_acc == 0:  # is_update: optimizer.step() with the current lr
             lrs.append(lr * factor(scheduler_steps))
         scheduler_steps += 1  # _schedule.step() after every micro-batch
     return lrs
@@ -182,24 +182,6 @@ def test_schedule_without_accumulation_is_lora_per_step():
 
 # ---------------------------------------------------------------------------------------------
 # data_utils.py FT_Dataset read through DistributedSampler
-
-
-class FTDatasetIndices(Dataset):
-    """FT_Dataset's length and __getitem__ index logic (the example index it reads)."""
-
-    def __init__(self, num_examples: int, batch_size: int) -> None:
-        self.num_examples = num_examples
-        self.batch_size = batch_size
-        self.num_batches = int((num_examples + batch_size - 1) / batch_size)
-        self.rng = random.Random(911)
-
-    def __len__(self) -> int:
-        return self.num_batches * self.batch_size
-
-    def __getitem__(self, item: int) -> int:
-        if item >= self.num_examples:
-            item = self.rng.randint(0, self.num_examples - 1)
-        return item
 
 
 def lora_epoch_batches(dataset: FTDatasetIndices, sampler: DistributedSampler) -> list[list[int]]:
@@ -243,20 +225,6 @@ def test_ranks_share_each_batch_and_see_the_single_process_order():
 # data_utils.py padding_tokens / mask: truncation
 
 
-def lora_row(context: list[int], completion: list[int], seq_len: int):
-    """FT_Dataset.__getitem__ (no prefix/infix): input, target and mask of one row."""
-
-    def padding_tokens(tokens, max_len, pad):
-        kept = tokens[:max_len]
-        return kept + [pad] * (max_len - len(kept)), len(kept)
-
-    _input, input_len = padding_tokens(context + completion, seq_len, 0)
-    _target, _ = padding_tokens((context + completion)[1:], seq_len, 0)
-    mask = [0.0] * (len(context) - 1) + [1.0] * (input_len - len(context))
-    mask, _ = padding_tokens(mask, seq_len, 0.0)
-    return _input, _target, mask
-
-
 @pytest.mark.parametrize(
     ("context_len", "completion_len"),
     [(10, 12), (10, 30), (10, 50), (39, 5), (40, 5), (45, 5), (12, 28), (12, 29)],
@@ -282,15 +250,6 @@ def test_truncation_at_seq_len_40_matches_ft_dataset(context_len, completion_len
 
 # ---------------------------------------------------------------------------------------------
 # model.py loss: each micro-batch's token mean over mask.sum() + 1e-4, divided by grad_acc
-
-
-def lora_micro_batch_loss(logits, targets, mask, label_smooth):
-    """model.py GPT2LMModel.forward's loss (float64)."""
-    logprobs = torch.log_softmax(logits.double().reshape(-1, logits.shape[-1]), dim=-1)
-    nll = -logprobs.gather(-1, targets.reshape(-1, 1)).squeeze(1)
-    smooth = -logprobs.mean(dim=-1)
-    loss = ((1.0 - label_smooth) * nll + label_smooth * smooth).reshape(targets.shape) * mask.double()
-    return loss.sum() / (mask.double().sum() + 0.0001)
 
 
 def tiny_update(recipe: TrainConfig, adapter: AdapterConfig) -> Update:

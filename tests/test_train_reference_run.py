@@ -22,7 +22,7 @@ from nola.build import build_model
 from nola.config import compose_config
 from nola.tokenizer import load_tokenizer
 from nola.train import train
-from test_train_reference import FTDatasetIndices, lora_micro_batch_loss, lora_row
+from reference_support import FTDatasetIndices, lora_micro_batch_loss, lora_row
 from train_support import write_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")

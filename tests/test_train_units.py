@@ -65,7 +65,15 @@ def test_schedule_sets_the_optimizer_lr_per_update():
 
 
 def test_step_seed_depends_on_step_and_rank_only():
-    assert step_seed(110, 5, 0) == step_seed(110, 5, 0)
+    import subprocess
+    import sys
+
+    torch.manual_seed(1234)  # no global state goes in: a fresh process computes the same seeds
+    here = [step_seed(110, step, rank) for step, rank in ((5, 0), (5, 1), (6, 0))]
+    fresh = subprocess.run([sys.executable, "-c", "from nola.training.loop import step_seed; "
+                            "print([step_seed(110, s, r) for s, r in ((5, 0), (5, 1), (6, 0))])"],
+                           capture_output=True, text=True, check=True)
+    assert fresh.stdout.strip() == str(here)
     seeds = {step_seed(110, step, rank) for step in range(50) for rank in range(4)}
     assert len(seeds) == 200
     assert all(0 <= s < 2**63 for s in seeds)

@@ -8,9 +8,11 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nola.config import compose_config
+from nola.data.tokenized import TokenizedSplit
 
 NAMES = ["Alimentum", "Aromi", "Bibimbap", "Cocum", "Giraffe", "Loch Fyne", "Zizzi", "The Mill"]
 FOODS = ["Chinese", "English", "French", "Indian", "Italian", "Japanese"]
@@ -90,3 +92,13 @@ def run_rank(rank: int, world_size: int, port: int, overrides: list[str], run_di
     from nola.train import train
 
     train(compose_config(overrides), run_dir)
+
+
+def split_of(pairs: list[tuple[list[int], list[int]]]) -> TokenizedSplit:
+    """A TokenizedSplit from (context ids, completion ids) pairs."""
+
+    def flat(seqs):
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
+        return np.array([t for s in seqs for t in s], dtype=np.int32), offsets
+
+    return TokenizedSplit(*flat([c for c, _ in pairs]), *flat([m for _, m in pairs]))

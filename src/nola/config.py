@@ -111,5 +111,3 @@ def launch(main: Callable[[], object]) -> None:
     main()
 
 
-def resolved_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -160,8 +160,14 @@ def is_merged(model: nn.Module) -> bool:
 
 
 def merge_adapters(model: nn.Module) -> None:
-    """Fold all adapters into the base weights (before decoding or export)."""
-    for _, layer in adapted_layers(model):
+    """Fold all adapters into the base weights (before decoding or export). Every layer's ΔW is
+    checked to be finite first, so a corrupt adapter leaves the base untouched, not half-merged."""
+    layers = list(adapted_layers(model))
+    for name, layer in layers:
+        bad = layer.non_finite_slot()
+        if bad is not None:
+            raise NolaError(f"the adapter of {name} (slot {bad!r}) holds NaN or infinite values; nothing was merged")
+    for _, layer in layers:
         layer.merge()
 
 

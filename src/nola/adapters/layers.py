@@ -270,10 +270,19 @@ class AdaptedLinear(LinearWrapper):
         return merged.to(weight.dtype)
 
     @torch.no_grad()
+    def non_finite_slot(self) -> str | None:
+        """The first slot whose ΔW holds a NaN or an infinity (None: all finite)."""
+        return next((name for name in self.rows if not torch.isfinite(self.delta_weight(name)).all()), None)
+
+    @torch.no_grad()
     def merge(self) -> None:
-        """Fold every slot's ΔW into the base weight (inference: no adapter cost per token)."""
+        """Fold every slot's ΔW into the base weight (inference: no adapter cost per token); a
+        non-finite ΔW is refused before the weight is touched (as peft's `safe_merge`)."""
         if self.merged:
             raise NolaError("adapters are already merged; call unmerge() first")
+        bad = self.non_finite_slot()
+        if bad is not None:
+            raise NolaError(f"adapter slot {bad!r} holds NaN or infinite values; it was not merged into the base")
         self.base_layer.weight.copy_(self.merged_weight())
         self.merged = True
 

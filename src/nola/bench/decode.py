@@ -1,4 +1,4 @@
-"""Section 3: beam-search decoding speed, ours against transformers `generate()` (issue #6: ≥ 3×).
+"""Section 3: beam-search decoding speed, ours against transformers `generate()` (goal: ≥ 3×).
 
 Both decode the same E2E-like prompts (context lengths around E2E's median of 28 tokens with the
 bos, random token ids) with the same random GPT-2 (our weights loaded into `GPT2LMHeadModel`) on

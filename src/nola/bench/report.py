@@ -58,7 +58,7 @@ def _goal(text: str, measured: float | None, target: float, at_least: bool) -> d
 
 
 def goals(sections: dict) -> list[dict]:
-    """The goals of issue #9 and #3, each with the measured value and whether it was met."""
+    """Every benchmark goal, with the measured value and whether it was met."""
     found = []
     adapter = _result(sections, "adapter_step")
     if adapter:

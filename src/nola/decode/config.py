@@ -83,8 +83,8 @@ class DecodeConfig:
         search_settings(self)  # raises on a bad search setting
         if self.batch_size < 1:
             raise NolaError(f"decode.batch_size={self.batch_size} must be at least 1")
-        if self.split not in ("train", "valid", "test"):
-            raise NolaError(f"decode.split={self.split!r}; choose valid or test")
+        if self.split not in ("valid", "test"):
+            raise NolaError(f"decode.split={self.split!r}; choose valid or test (the splits with references to score)")
 
 
 def search_settings(decode_cfg) -> SearchSettings:

@@ -1,8 +1,8 @@
 """Several tasks' splits, each with its own adapter, decoded in one mixed run (`decode.manifest=FILE`).
 
-    python -m nola.decode decode.manifest=eval/mixed.yaml model.source=... decode.out_dir=runs/mixed
+    python -m nola.decode decode.manifest=mixed.yaml model.source=... decode.out_dir=runs/mixed
 
-The manifest (YAML or JSON) lists what to decode:
+The manifest (a YAML or JSON file you write, here mixed.yaml) lists what to decode:
 
     - {name: e2e, task: e2e, split: test, adapter_dir: runs/e2e_nola/adapter}
     - {name: webnlg, task: webnlg, split: test, adapter_dir: runs/webnlg_nola/adapter}

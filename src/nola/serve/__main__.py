@@ -71,5 +71,10 @@ def main(cfg: DictConfig) -> None:
                 timeout_graceful_shutdown=int(serve_cfg.drain_timeout_s) or None)
 
 
+# A server is no run: it writes no run directory (.hydra snapshot, job log file); it logs to stdout.
+# First on the command line, so the user's own hydra.* overrides still win.
+NO_RUN_DIRECTORY = ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stdout")
+
 if __name__ == "__main__":
+    sys.argv[1:1] = NO_RUN_DIRECTORY
     launch(main)

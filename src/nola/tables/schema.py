@@ -47,13 +47,6 @@ def model_label(model: str) -> str:
     return MODEL_LABELS.get(model, model)
 
 
-def flat_metric_keys(task: str) -> list[str]:
-    """Metric keys of a task, WebNLG's prefixed by its split ("unseen.BLEU", ...)."""
-    if task == "webnlg":
-        return [f"{split}.{name}" for split in WEBNLG_SPLITS for name in TASK_METRICS[task]]
-    return list(TASK_METRICS[task])
-
-
 def metric_name(flat_key: str) -> str:
     """"unseen.BLEU" -> "BLEU"; "BLEU" -> "BLEU"."""
     return flat_key.rsplit(".", 1)[-1]
