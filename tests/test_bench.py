@@ -150,7 +150,8 @@ def test_quick_training_compares_the_two_output_layers_side_by_side(quick_run):
         assert ratios["peak_bytes"] == pytest.approx(rows[f"{name}_chunked"]["peak_bytes"] / rows[f"{name}_full"]["peak_bytes"])
         assert ratios["tokens_per_s"] > 0
     mini = output["bf16_mini"]
-    assert "skipped" in mini or set(mini["contenders"]) == {"fp32_full", "fp32_chunked", "bf16_full", "bf16_chunked"}
+    assert "skipped" in mini or set(mini["contenders"]) == {"fp32_full", "fp32_chunked", "bf16_full", "bf16_chunked",
+                                                            "pretrain_fp32_full", "pretrain_bf16_chunked"}
     assert "full logits against the fused, chunked loss" in (quick_run / "bench.md").read_text()
 
 
