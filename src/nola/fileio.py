@@ -117,6 +117,17 @@ def sha256_file(path: str | Path) -> str:
     return digest_file(path).sha256
 
 
+def read_bytes(path: str | Path, *, missing: type[NolaError] = NolaError, hint: str = "file not found") -> bytes:
+    """The bytes of `path`: a missing file raises `missing` with "<path>: <hint>", any other read
+    error a NolaError naming the file and the reason."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise missing(f"{path}: {hint}") from None
+    except OSError as err:
+        raise NolaError(f"{path}: cannot read it ({err.strerror or err})") from None
+
+
 def read_utf8(path: str | Path) -> str:
     """Read a text file as strict UTF-8 with universal newlines; bad bytes name their line."""
     path = Path(path)

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nola.fileio import ensure_writable_dir, write_json_atomic
+from nola.fileio import ensure_writable_dir, read_bytes, write_json_atomic
 from nola.errors import NolaError, exit_on_user_error
 from nola.metrics.e2e import score_e2e
 from nola.metrics.gem import score_gem, score_webnlg
@@ -41,12 +41,7 @@ WARNING_LINES_SHOWN = 5
 
 def read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 file (split at "\\n" only; a final newline ends the last line)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NolaError(f"{path}: file not found") from None
-    except OSError as err:
-        raise NolaError(f"{path}: cannot read it ({err.strerror})") from None
+    data = read_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

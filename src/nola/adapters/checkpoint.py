@@ -37,7 +37,7 @@ from nola.adapters.inject import (
     nola_slots,
 )
 from nola.adapters.quantize import dequantize_vectors, quantize_coefficients_, quantize_vectors
-from nola.fileio import atomic_path, sha256_file, write_text_atomic
+from nola.fileio import atomic_path, read_bytes, sha256_file, write_text_atomic
 from nola.errors import NolaError
 from nola.model import base_fingerprint as fingerprint_of
 
@@ -230,12 +230,7 @@ def read_adapter_tensors(model: nn.Module, path: Path, document: dict[str, Any])
     written before that field existed are read without it). `model` may be on the meta device: only
     its parameter names and shapes are used."""
     bits = document["coefficient_bits"]
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise IncompleteAdapter(f"{path} not found; the adapter directory is incomplete") from None
-    except OSError as err:
-        raise NolaError(f"{path}: cannot read the adapter weights ({err.strerror or err})") from None
+    data = read_bytes(path, missing=IncompleteAdapter, hint="not found; the adapter directory is incomplete")
     try:
         stored = load_safetensors(data)
     except SafetensorError as err:

@@ -34,7 +34,7 @@ from nola.adapters.bank import AdapterBank
 from nola.adapters.config import AdapterConfig
 from nola.bench.decode import make_prompts
 from nola.bench.random_adapters import NOLA_S, mini_base_with_adapters, save_nola_adapters
-from nola.bench.serving import percentile, post, running_server, serving_extra_missing
+from nola.bench.serving import percentile, post, running_server, cannot_serve
 from nola.bench.timing import ratio, summarize, time_alternating
 from nola.decode.beam import search
 from nola.decode.config import SearchSettings
@@ -120,11 +120,9 @@ def bench_server_load(*, quick: bool = False, clients: int | None = None, reques
                       seed: int = 0, vocab_dir: str | Path = "data/vocab") -> dict:
     """requests/s and latency of the served app under `clients` concurrent clients (module docstring).
     The prompts are text, so the GPT-2 vocabulary is needed (`make data` puts it in data/vocab)."""
-    missing = serving_extra_missing()
+    missing = cannot_serve(vocab_dir)
     if missing:
         return {"skipped": missing}
-    if not (Path(vocab_dir) / "encoder.json").is_file():
-        return {"skipped": f"no GPT-2 vocabulary at {vocab_dir} (make data)"}
     clients, total = clients or (4 if quick else 16), requests or (8 if quick else 128)
     count, tokens, beam = adapters or 4, max_tokens or (4 if quick else 16), beam or (2 if quick else 4)
     with tempfile.TemporaryDirectory(prefix="nola-bench-serve-") as tmp:

@@ -41,14 +41,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serving_extra_missing() -> str | None:
-    """Why the server cannot run here (its extra is not installed), or None."""
+def cannot_serve(vocab_dir: str | Path) -> str | None:
+    """Why the server benches cannot run here (the serve extra is not installed, or there is no
+    GPT-2 vocabulary: their prompts are text), or None."""
     try:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as err:
         return f"{err.name} is not installed (pip install -e '.[serve]')"
+    if not (Path(vocab_dir) / "encoder.json").is_file():
+        return f"no GPT-2 vocabulary at {vocab_dir} (make data)"
     return None
 
 
@@ -160,11 +163,9 @@ def bench_mixed_lengths(base, root: Path, names: list[str], vocab_dir, *, beam: 
 def run(*, quick: bool = False, seed: int = 0, vocab_dir: str | Path = "data/vocab", beam: int | None = None,
         repeats: int | None = None, warmup: int | None = None) -> dict:
     """The `serving` section (module docstring); `repeats`/`warmup` are not used (one timed pass each)."""
-    missing = serving_extra_missing()
+    missing = cannot_serve(vocab_dir)
     if missing:
         return {"skipped": missing}
-    if not (Path(vocab_dir) / "encoder.json").is_file():
-        return {"skipped": f"no GPT-2 vocabulary at {vocab_dir} (make data)"}
     beam = beam or (2 if quick else 10)
     with tempfile.TemporaryDirectory(prefix="nola-bench-serving-") as tmp:
         base, names = mini_base_with_adapters(Path(tmp), 4, seed, quick)

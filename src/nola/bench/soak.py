@@ -34,7 +34,7 @@ import torch
 from nola.adapters import inject_adapters, load_adapter, save_adapter
 from nola.adapters.checkpoint import CONFIG_FILE, WEIGHTS_FILE, adapter_digest
 from nola.adapters.config import AdapterConfig
-from nola.bench.serving import percentile, post, running_server, serving_extra_missing
+from nola.bench.serving import percentile, post, running_server, cannot_serve
 from nola.decode.beam import search
 from nola.decode.config import SearchSettings
 from nola.decode.hypotheses import context_prompts, hypothesis_text
@@ -186,11 +186,9 @@ def run(*, quick: bool = False, seed: int = 0, vocab_dir: str | Path = "data/voc
         adapters: int = 20, clients: int | None = None, change_every_s: float | None = None,
         beam: int | None = None, repeats: int | None = None, warmup: int | None = None) -> dict:
     """The `soak` section (module docstring); `repeats`/`warmup` are not used (one timed run)."""
-    missing = serving_extra_missing()
+    missing = cannot_serve(vocab_dir)
     if missing:
         return {"skipped": missing}
-    if not (Path(vocab_dir) / "encoder.json").is_file():
-        return {"skipped": f"no GPT-2 vocabulary at {vocab_dir} (make data)"}
     from nola.tokenizer import load_tokenizer
 
     duration_s = duration_s or (8.0 if quick else 180.0)
