@@ -66,14 +66,14 @@ def test_resume_after_stop_is_bitwise_identical(reference, data_dir, vocab_dir, 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, data_dir, vocab_dir, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_loss = loop.masked_token_loss_sum
+    real_loss = loop.completion_loss_sum
 
-    def poisoned(logits, targets, mask, smoothing):
+    def poisoned(*args, **kwargs):
         calls["n"] += 1
-        value = real_loss(logits, targets, mask, smoothing)
+        value = real_loss(*args, **kwargs)
         return value * float("nan") if calls["n"] == 5 else value
 
-    monkeypatch.setattr(loop, "masked_token_loss_sum", poisoned)
+    monkeypatch.setattr(loop, "completion_loss_sum", poisoned)
     run_dir = tmp_path / "run"
     with pytest.raises(NolaError, match="step 5") as err:
         train(tiny_config(data_dir, vocab_dir, tmp_path, *LORA), run_dir)
