@@ -351,11 +351,16 @@ def top_log_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     is the logit less the row's log-sum-exp, a per-row constant, so the top k are taken on the raw
     logits and only those k are shifted: one read of the vocabulary row for the log-sum-exp and one
     for the top-k, no rows × vocab log-probability tensor written (as a fused softmax-top-k kernel
-    does). The scores equal `log_softmax(...).topk` to within float rounding (a few ulps).
+    does). The log-sum-exp is taken in place, shifted by each row's best logit (the first of the top
+    k), so `logits` is consumed: no rows × vocabulary tensor is allocated either. The scores equal
+    `log_softmax(...).topk` to within float rounding (a few ulps).
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     top, tokens = logits.topk(k, dim=1)
-    return top - torch.logsumexp(logits, dim=1, keepdim=True), tokens
+    peak = top[:, :1].clone()
+    peak.masked_fill_(~torch.isfinite(peak), 0.0)  # a row of -inf only: its log-sum-exp stays -inf
+    lse = logits.sub_(peak).exp_().sum(dim=1, keepdim=True).log_().add_(peak)
+    return top - lse, tokens
 
 
 def penalize(logits: torch.Tensor, history: torch.Tensor, settings: SearchSettings) -> torch.Tensor:
