@@ -54,3 +54,24 @@ def test_names_that_are_not_plain_directory_names_are_never_looked_up(tmp_path):
     assert catalog.bank.adapters == {} and catalog.failures == {}
     catalog.refresh(only="one")
     assert list(catalog.bank.adapters) == ["one"]
+
+
+def test_a_basis_is_kept_while_a_loaded_adapter_uses_it(tmp_path):
+    base = tiny_base()
+    other = dict(NOLA, base_seed=4)
+    adapters = save_random_adapters(base, tmp_path / "adapters", {"one": NOLA, "two": NOLA, "three": other})
+    bank = AdapterBank(copy.deepcopy(base), base_fingerprint(base))
+    for name in ("one", "two", "three"):
+        bank.add(name, adapters / name)
+    bank.factors(["one", "two", "three"])
+    shared = bank.shared_bases
+    assert shared > 0
+    bank.remove("three")  # its own bases go
+    assert 0 < bank.shared_bases < shared
+    kept = bank.shared_bases
+    bank.remove("one")  # "two" still uses the same bases
+    assert bank.shared_bases == kept
+    bank.add("two", adapters / "two")  # a new version of the same adapter keeps them too
+    assert bank.shared_bases == kept
+    bank.remove("two")
+    assert bank.shared_bases == 0

@@ -22,7 +22,7 @@ a new `BankedAdapter`, and a search that began with the old one keeps its factor
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -182,6 +182,7 @@ class AdapterBank:
         self.router = Router()
         self.adapters: dict[str, BankedAdapter] = {}
         self._bases: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._basis_users: Counter[tuple[int, int, int]] = Counter()  # loaded adapters per basis key
         self._cache: OrderedDict[tuple[str, int], dict[str, Factors]] = OrderedDict()  # by BankedAdapter.key
         self._cached_bytes = 0
         self._loads = 0
@@ -236,24 +237,23 @@ class AdapterBank:
             self._loads += 1
             adapter = BankedAdapter(name, directory, config, layers, widths, weights.stat().st_size, signature,
                                     digest, self._loads)
-            self._evict(name)
+            self._basis_users.update(_basis_keys(adapter))
+            self.remove(name)
             self.adapters[name] = adapter
-            self._drop_unused_bases()
         return adapter
 
     def remove(self, name: str) -> None:
+        """Unload adapter `name` (a search still running with it keeps its version to the end); a basis
+        no loaded adapter uses any more is forgotten (it is regenerated from its seed if needed:
+        `random_basis` is deterministic)."""
         with self._lock:
             self._evict(name)
-            self.adapters.pop(name, None)
-            self._drop_unused_bases()
-
-    def _drop_unused_bases(self) -> None:
-        """Forget the bases no loaded adapter uses (a search still running with a removed version
-        regenerates its basis from the seed: `random_basis` is deterministic)."""
-        used = {slot.nola.basis_key(role) for adapter in self.adapters.values() for slots in adapter.layers.values()
-                for slot in slots if slot.nola is not None for role in ("A", "B")}
-        for key in set(self._bases) - used:
-            del self._bases[key]
+            removed = self.adapters.pop(name, None)
+            if removed is not None:
+                self._basis_users.subtract(_basis_keys(removed))
+                for key in [key for key, users in self._basis_users.items() if users <= 0]:
+                    del self._basis_users[key]
+                    self._bases.pop(key, None)
 
     def _skeleton(self, config: AdapterConfig) -> GPT2:
         """A meta-device GPT-2 with `config` injected: the names and shapes an adapter file must have."""
@@ -271,9 +271,12 @@ class AdapterBank:
     def basis(self, key: tuple[int, int, int]) -> torch.Tensor:
         """The shared basis (count, numel) of (seed, count, numel), generated once (`random_basis`)."""
         with self._lock:
-            if key not in self._bases:
-                self._bases[key] = random_basis(*key).to(self.device)
-            return self._bases[key]
+            if key in self._bases:
+                return self._bases[key]
+            basis = random_basis(*key).to(self.device)
+            if self._basis_users[key] > 0:  # kept only while a loaded adapter uses it
+                self._bases[key] = basis
+            return basis
 
     @property
     def basis_bytes(self) -> int:
@@ -407,6 +410,12 @@ class AdapterBank:
                     a[slot, :rank], b[slot, :, :rank] = layers[path]
             stacked[path] = (a, b)
         return Routes(stacked, self.router)
+
+
+def _basis_keys(adapter: BankedAdapter) -> set[tuple[int, int, int]]:
+    """The keys of the bases an adapter's NOLA slots use."""
+    return {slot.nola.basis_key(role) for slots in adapter.layers.values() for slot in slots
+            if slot.nola is not None for role in ("A", "B")}
 
 
 def _bytes(layers: dict[str, Factors]) -> int:

@@ -164,7 +164,9 @@ def create_app(model, tokenizer, bank: AdapterBank, catalog: AdapterCatalog, ser
             raise ApiError(400, f"prompt holds {len(prompts)} prompts but the whole queue holds "
                            f"serve.max_queue={serve_cfg.max_queue}; send at most that many per request",
                            "invalid_request_error", "prompt")
-        adapter = await asyncio.to_thread(_adapter_version, body.model, catalog)
+        adapter = catalog.bank.adapters.get(body.model) if body.model != BASE_NAME else None
+        if adapter is None and body.model != BASE_NAME:  # not loaded: its directory is read off the event loop
+            adapter = await asyncio.to_thread(_adapter_version, body.model, catalog)
         try:
             settings = SearchSettings(beam=body.beam, length_penalty=body.length_penalty,
                                       no_repeat_ngram_size=body.no_repeat_ngram_size,

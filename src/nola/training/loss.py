@@ -93,7 +93,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         wide = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
         keep = 1.0 - label_smoothing
-        mean_row = weight.to(wide).mean(dim=0)  # W̄ (d,)
+        mean_row = weight.to(wide).mean(dim=0) if label_smoothing else None  # W̄ (d,), for the smoothing terms
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device) if need_weight else None
         weighted_sum = torch.zeros(weight.shape[1], dtype=wide, device=weight.device)  # Σᵢ sᵢhᵢ
