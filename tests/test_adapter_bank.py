@@ -85,11 +85,11 @@ def test_an_adapter_for_another_base_is_refused_naming_its_directory(base, saved
 def test_a_manifest_decodes_several_tasks_in_one_mixed_run(base, saved, tmp_path, vocab_dir, monkeypatch):
     """`decode.manifest`: each entry's hypotheses equal that task's single-adapter decode."""
     import nola.decode.mixed as mixed_module
-    from nola.config import compose_config
+    from nola.config import load_config
     from nola.data import Example
     from nola.data.records import split_path, write_examples
     from nola.data.references import group_references, write_reference_files
-    from nola.decode.cli import decode_from_config
+    from nola.decode.stage import decode_from_config
     from nola.decode.mixed import decode_manifest
     from train_support import synthetic_examples
 
@@ -102,15 +102,15 @@ def test_a_manifest_decodes_several_tasks_in_one_mixed_run(base, saved, tmp_path
     manifest.write_text(f"- {{name: e2e, task: e2e, split: test, adapter_dir: {saved / 'lora_qv'}}}\n"
                         f"- {{name: dart, task: dart, split: test, adapter_dir: {saved / 'nola_a'}}}\n"
                         "- {name: plain, task: e2e, split: test, adapter_dir: null}\n")
-    monkeypatch.setattr(mixed_module, "score", lambda task, groups, hypotheses: {"task": task, "n": len(hypotheses)})
+    monkeypatch.setattr(mixed_module, "score_groups", lambda task, groups, hypotheses: {"task": task, "n": len(hypotheses)})
     common = ["model=tiny", "model.source=random", f"paths.data_dir={data}", f"paths.vocab_dir={vocab_dir}",
               f"paths.runs_dir={tmp_path}/runs", "train.device=cpu", "decode.beam=3", "decode.max_new_tokens=6"]
-    summary = decode_manifest(compose_config([*common, f"decode.manifest={manifest}"]), tmp_path / "mixed")
+    summary = decode_manifest(load_config([*common, f"decode.manifest={manifest}"]), tmp_path / "mixed")
     assert {name: entry["metrics"] for name, entry in summary["entries"].items()} == {
         "e2e": {"task": "e2e", "n": 6}, "dart": {"task": "dart", "n": 6}, "plain": {"task": "e2e", "n": 6}}
     for name, task, adapter in (("e2e", "e2e", saved / "lora_qv"), ("dart", "dart", saved / "nola_a"),
                                 ("plain", "e2e", None)):
-        single = compose_config([*common, f"task={task}", f"decode={task}", "decode.beam=3", "decode.max_new_tokens=6",
+        single = load_config([*common, f"task={task}", f"decode={task}", "decode.beam=3", "decode.max_new_tokens=6",
                                  f"decode.out_dir={tmp_path / 'single' / name}",
                                  "adapter=none", *([f"decode.adapter_dir={adapter}"] if adapter else [])])
         decode_from_config(single, tmp_path / "single" / name)

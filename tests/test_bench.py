@@ -236,7 +236,7 @@ def test_server_load_bench_answers_every_request(vocab_dir):
 
 
 def test_serving_bench_measures_both_loads_with_no_errors(vocab_dir):
-    from nola.bench.machine import describe_machine
+    from nola.machine import describe_machine
     from nola.bench.report import goals, render_markdown
     from nola.bench.serving import run
 
@@ -254,7 +254,7 @@ def test_serving_bench_measures_both_loads_with_no_errors(vocab_dir):
 
 
 def test_soak_bench_changes_adapters_under_load_and_verifies_every_answer(vocab_dir):
-    from nola.bench.machine import describe_machine
+    from nola.machine import describe_machine
     from nola.bench.report import goals, render_markdown
     from nola.bench.soak import run
 

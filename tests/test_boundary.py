@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from nola.config import check_group_choices, compose_config, typed_config
+from nola.config import check_group_choices, compose_config, load_config, typed_config
 from nola.errors import NolaError
-from nola.training.distributed import read_environment
+from nola.runtime import read_environment
 from conftest import REPO_ROOT
 
 
@@ -102,7 +102,7 @@ def _free_port() -> int:
 def test_a_missing_peer_ends_in_an_error_after_the_timeout_not_a_hang(tmp_path):
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(_free_port()), "PYTHONPATH": str(REPO_ROOT / "src")}
-    script = "from nola.errors import exit_on_user_error\nfrom nola.training.distributed import init_distributed\n" \
+    script = "from nola.errors import exit_on_user_error\nfrom nola.runtime import init_distributed\n" \
              "exit_on_user_error(init_distributed)('cpu', 3.0)"
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
@@ -138,7 +138,7 @@ def test_prepare_into_a_file_is_a_clear_error(tmp_path, capsys):
 
 
 def test_an_empty_prepared_split_names_its_file(vocab_dir, tmp_path):
-    from nola.train import train
+    from nola.training.job import train
     from train_support import tiny_config, write_dataset
 
     data_dir = write_dataset(tmp_path / "data", tasks=("e2e",))
@@ -254,14 +254,14 @@ def test_an_optuna_sweep_over_the_learning_rate_minimises_the_validation_loss(vo
 
 def test_decoding_into_an_unwritable_out_dir_fails_before_the_model_is_built(vocab_dir, tmp_path, monkeypatch):
     import nola.decode.stage as stage
-    from nola.decode.cli import decode_from_config
+    from nola.decode.stage import decode_from_config
     from train_support import tiny_overrides, write_dataset
 
     data_dir = write_dataset(tmp_path / "data", tasks=("e2e",))
     monkeypatch.setattr(stage, "build_model", lambda *args, **kwargs: pytest.fail("the model was built"))
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    cfg = compose_config(tiny_overrides(data_dir, vocab_dir, tmp_path, "adapter=none", f"decode.out_dir={blocker}/out"))
+    cfg = load_config(tiny_overrides(data_dir, vocab_dir, tmp_path, "adapter=none", f"decode.out_dir={blocker}/out"))
     with pytest.raises(NolaError, match="set decode.out_dir to a writable directory"):
         decode_from_config(cfg, tmp_path / "run")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from nola.config import CONF_DIR, compose_config
+from nola.config import CONF_DIR, compose_config, load_config
 from nola.errors import NolaError
-from nola.train import train
+from nola.training.job import train
 from train_support import tiny_overrides, write_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -113,8 +113,8 @@ def data_dir(tmp_path_factory):
 def test_experiment_trains_two_steps_on_tiny(experiment, data_dir, vocab_dir, tmp_path):
     """Each experiment's own recipe (batch, accumulation, adapter) on the tiny model and synthetic data."""
     overrides = [o for o in tiny_overrides(data_dir, vocab_dir, tmp_path) if not o.startswith(("train", "model"))]
-    cfg = compose_config([f"experiment={experiment}", *overrides, "model=tiny", "model.source=random",
-                          f"task.data_dir={data_dir}", "train.max_steps=2", "train.device=cpu"])
+    cfg = load_config([f"experiment={experiment}", *overrides, "model=tiny", "model.source=random",
+                       f"task.data_dir={data_dir}", "train.max_steps=2", "train.device=cpu"])
     assert cfg.model.name == "tiny" and cfg.name == experiment
     if cfg.adapter.kind == "none":  # a decode-only baseline
         with pytest.raises(NolaError, match="nothing to train"):

@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from nola.config import compose_config
+from nola.config import load_config
 from nola.data import Example, load_reference_groups
 from nola.data.records import split_path, write_examples
 from nola.data.references import group_references, write_reference_files
 from nola.decode import DecodeConfig, Hypothesis, beam_search, decode_split, hypothesis_text, write_hypotheses
-from nola.decode.cli import decode_from_config
+from nola.decode.stage import decode_from_config
 from nola.errors import NolaError
 from nola.model import GPT2Config, init_gpt2
 from nola.tokenizer import load_tokenizer
@@ -150,7 +150,7 @@ def overrides(data_dir: Path, vocab_dir: Path, runs: Path, *extra: str) -> list[
 
 
 def test_cli_function_decodes_each_reference_group_once(data_dir, vocab_dir, tmp_path):
-    cfg = compose_config(overrides(data_dir, vocab_dir, tmp_path, "adapter=none"))
+    cfg = load_config(overrides(data_dir, vocab_dir, tmp_path, "adapter=none"))
     summary = decode_from_config(cfg, tmp_path / "run")
     groups = load_reference_groups(data_dir, "e2e", "test")
     assert summary["contexts"] == len(groups) == 3
@@ -162,7 +162,7 @@ def test_cli_function_decodes_each_reference_group_once(data_dir, vocab_dir, tmp
 
 
 def test_cli_without_a_trained_adapter_says_what_to_do(data_dir, vocab_dir, tmp_path):
-    cfg = compose_config(overrides(data_dir, vocab_dir, tmp_path, "adapter=lora"))
+    cfg = load_config(overrides(data_dir, vocab_dir, tmp_path, "adapter=lora"))
     with pytest.raises(NolaError, match="no trained adapter at .*train first"):
         decode_from_config(cfg, tmp_path / "run")
 

@@ -12,7 +12,8 @@ import pytest
 from safetensors.torch import load_file
 
 from nola.data.prepare import prepare
-from nola.mini import METHODS, main
+from nola.mini.__main__ import main
+from nola.mini.reproduction import METHODS
 from nola.model import base_fingerprint, load_gpt2
 from nola.tables import read_result
 from mirror_support import MIRROR, sources_for_mirror
@@ -119,7 +120,7 @@ def test_rerun_resumes_without_redoing_anything(smoke, capsys):
 
 def test_every_method_is_a_known_config():
     from nola.config import compose_config
-    from nola.params import count_adapter
+    from nola.adapters.count import count_adapter
     from nola.adapters import as_adapter_config
 
     counts = {m: count_adapter("mini", as_adapter_config(compose_config([f"experiment=mini/{m}", "~decode"]).adapter))

@@ -14,7 +14,8 @@ from nola.config import compose_config
 from nola.adapters import AdapterConfig, adapter_file_bytes, adapter_params, as_adapter_config, inject_adapters, save_adapter
 from nola.errors import NolaError
 from nola.model import GPT2, GPT2Config, init_gpt2
-from nola.params import count_adapter, main
+from nola.adapters.count import count_adapter
+from nola.params import main
 
 ADAPTER_DIR = Path(__file__).resolve().parents[1] / "conf" / "adapter"
 

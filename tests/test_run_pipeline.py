@@ -4,6 +4,8 @@ runs the real ones); what is asserted is what each stage hands to the next."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 import shutil
@@ -14,14 +16,16 @@ import pytest
 from omegaconf import OmegaConf
 
 import nola.decode.stage as decode_stage_module
-import nola.run as pipeline
-from nola.config import compose_config
+import nola.pipeline as pipeline
+import nola.tasks
+from nola.config import compose_config, load_config, seed_configs
 from nola.data import Example, ReferenceGroup, load_reference_groups
 from nola.data.records import split_path, write_examples
 from nola.data.references import group_references, write_reference_files
 from nola.errors import NolaError
 from nola.layout import RESULTS_NAME as RESULTS_FILE
-from nola.run import run, score, training_done
+from nola.pipeline import run, training_done
+from nola.tasks import score_groups as score
 from nola.tables import read_result
 from train_support import synthetic_examples
 
@@ -42,12 +46,21 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-def tiny(data_dir: Path, vocab_dir: Path, runs: Path, *extra: str):
-    return compose_config([
+def tiny_overrides(data_dir: Path, vocab_dir: Path, runs: Path, *extra: str) -> list[str]:
+    return [
         "~decode", "model=tiny", "task=e2e", "train=smoke", f"task.data_dir={data_dir}", f"paths.vocab_dir={vocab_dir}",
         f"paths.runs_dir={runs}", f"paths.cache_dir={runs}/cache", "train.device=cpu", "decode.beam=2",
         "decode.max_new_tokens=6", *extra,
-    ])
+    ]
+
+
+def tiny(data_dir: Path, vocab_dir: Path, runs: Path, *extra: str):
+    return load_config(tiny_overrides(data_dir, vocab_dir, runs, *extra))
+
+
+def with_section(cfg, section: str, **changes):
+    """`cfg` with some keys of one section changed."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
 
 
 class Recorder:
@@ -71,7 +84,7 @@ def fake_e2e(references, hypotheses):
 @pytest.fixture()
 def fake_scorer(monkeypatch):
     scorer = Recorder(lambda task, groups, hypotheses: fake_e2e([g.references for g in groups], hypotheses))
-    monkeypatch.setattr(pipeline, "score", scorer)
+    monkeypatch.setattr(pipeline, "score_groups", scorer)
     return scorer
 
 
@@ -91,7 +104,7 @@ def test_run_writes_a_valid_results_json_then_rerun_skips_every_stage(data_dir, 
 
     monkeypatch.setattr(pipeline, "train", Recorder(fail=True))
     monkeypatch.setattr(decode_stage_module, "decode_split", Recorder(fail=True))
-    monkeypatch.setattr(pipeline, "score", Recorder(fail=True))
+    monkeypatch.setattr(pipeline, "score_groups", Recorder(fail=True))
     assert run(cfg, tmp_path / "run", experiment="e2e/lora_tiny", tag="test") == results
 
 
@@ -104,7 +117,7 @@ def test_new_settings_decode_again_and_new_references_score_again(data_dir, voca
     monkeypatch.setattr(pipeline, "train", Recorder(fail=True))
     decoder = Recorder(decode_stage_module.decode_split)
     monkeypatch.setattr(decode_stage_module, "decode_split", decoder)
-    shorter = OmegaConf.merge(cfg, {"decode": {"max_new_tokens": 3}})
+    shorter = with_section(cfg, "decode", max_new_tokens=3)
     second = run(shorter, tmp_path / "run")
     assert len(decoder.calls) == 1 and decoder.calls[0][3].max_new_tokens == 3
     assert second["training"] == first["training"]
@@ -136,13 +149,13 @@ def test_budget_stopped_training_counts_as_done_while_the_budget_stands():
 def test_webnlg_and_dart_are_scored_with_generation_eval_scales(monkeypatch):
     calls = []
 
-    def score_webnlg(references, hypotheses, seen):
+    def score_webnlg(references, hypotheses, seen, num_refs):
         calls.append((references, hypotheses, seen))
         return {"all": {"BLEU": 46.52, "METEOR": 0.39, "TER": 0.46}, "seen": {"BLEU": 50.0, "METEOR": 0.4, "TER": 0.4},
                 "unseen": {"BLEU": 25.0, "METEOR": 0.3, "TER": 0.5}}
 
-    monkeypatch.setattr(pipeline, "score_webnlg", score_webnlg)
-    monkeypatch.setattr(pipeline, "score_gem", lambda references, hypotheses: {"BLEU": 46.52, "METEOR": 0.39, "TER": 0.46})
+    monkeypatch.setattr(nola.tasks, "score_webnlg", score_webnlg)
+    monkeypatch.setattr(nola.tasks, "score_gem", lambda references, hypotheses, num_refs: {"BLEU": 46.52, "METEOR": 0.39, "TER": 0.46})
     groups = [ReferenceGroup("a", ["A"], "Airport", True), ReferenceGroup("b", ["B"], "Film", False),
               ReferenceGroup("c", ["C", "C2"], "Food", True)]
     metrics = score("webnlg", groups, ["x", "y", "z"])
@@ -182,9 +195,9 @@ def test_the_seed_decides_the_adapter_and_the_hypotheses(data_dir, vocab_dir, tm
     `seeds=2` runs train.seed and train.seed + 1, one directory each."""
     for adapter in (["adapter=lora"], ["adapter=nola", "adapter.num_basis_a=8", "adapter.num_basis_b=8"]):
         name = adapter[0].split("=")[1]
-        cfg = tiny(data_dir, vocab_dir, tmp_path, *adapter, "train.max_steps=0", "train.epochs=2", "train.batch_size=4",
-                   "seeds=2")
-        first = pipeline.run_seeds(cfg, tmp_path / f"{name}-a", tag="t")
+        configs = seed_configs(compose_config(tiny_overrides(data_dir, vocab_dir, tmp_path, *adapter, "train.max_steps=0",
+                                                             "train.epochs=2", "train.batch_size=4", "seeds=2")))
+        first = pipeline.run_seeds(configs, tmp_path / f"{name}-a", tag="t")
         again = pipeline.run(tiny(data_dir, vocab_dir, tmp_path, *adapter, "train.max_steps=0", "train.epochs=2",
                                   "train.batch_size=4"), tmp_path / f"{name}-b")
         assert [r["seed"] for r in first] == [110, 111] and again["seed"] == 110
@@ -217,13 +230,13 @@ def test_each_epoch_keeps_its_adapter_and_the_best_is_reported(data_dir, vocab_d
     assert decoded["adapter_dir"] == str(tmp_path / "run" / "epochs" / f"epoch-{best}")
 
     # choosing by validation BLEU decodes the validation split with every epoch's adapter
-    bleu = pipeline.select_epoch(OmegaConf.merge(cfg, {"train": {"select_epoch": "valid_bleu"}}), tmp_path / "run",
+    bleu = pipeline.select_epoch(with_section(cfg, "train", select_epoch="valid_bleu"), tmp_path / "run",
                                  tmp_path / "run" / "adapter", training)[1]
     assert bleu["by"] == "valid_bleu" and sorted(bleu["candidates"]) == ["1", "2", "3"]
     assert all((tmp_path / "run" / "epochs" / f"epoch-{e}" / "valid_hypotheses.txt").is_file() for e in (1, 2, 3))
     top = max(bleu["candidates"].values())
     assert bleu["epoch"] == min(int(e) for e, v in bleu["candidates"].items() if v == top)
-    last = pipeline.select_epoch(OmegaConf.merge(cfg, {"train": {"select_epoch": "last"}}), tmp_path / "run",
+    last = pipeline.select_epoch(with_section(cfg, "train", select_epoch="last"), tmp_path / "run",
                                  tmp_path / "run" / "adapter", training)
     assert last[0] == tmp_path / "run" / "adapter" and last[1]["by"] == "last"
 

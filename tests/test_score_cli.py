@@ -130,7 +130,7 @@ def test_empty_hypotheses_are_scored_not_dropped(capsys, monkeypatch, tmp_path):
         seen.update(references=references, hypotheses=hypotheses, num_refs=num_refs)
         return {"BLEU": 0.5, "METEOR": 0.25, "TER": 0.75}
 
-    monkeypatch.setattr(nola.score, "score_gem", fake_score_gem)
+    monkeypatch.setattr(nola.tasks, "score_gem", fake_score_gem)
     ref0, ref1, hyps = tmp_path / "reference0", tmp_path / "reference1", tmp_path / "hyps"
     ref0.write_text("a b\nc d\ne f\n", encoding="utf-8")
     ref1.write_text("a\nc\ne\n", encoding="utf-8")

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from nola import fileio
 from nola.errors import NolaError
 from nola.training import checkpoint as ckpt
 
@@ -81,14 +82,14 @@ def test_kill_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch, die_
                 raise Killed
         monkeypatch.setattr(ckpt, "_write_bytes", die_on_state)
     else:
-        real_replace = ckpt.os.replace
+        real_replace = fileio.os.replace
 
         def die_replace(src, dst):
             is_pointer = str(dst).endswith(ckpt.LATEST)
             if (die_in == "pointer") == is_pointer:
                 raise Killed
             return real_replace(src, dst)
-        monkeypatch.setattr(ckpt.os, "replace", die_replace)
+        monkeypatch.setattr(fileio.os, "replace", die_replace)
     with pytest.raises(Killed):
         write(root, 2)
     monkeypatch.undo()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nola.config import compose_config
-from nola.train import train
+from nola.config import load_config
+from nola.training.job import train
 from nola.training.checkpoint import latest_name
 from train_support import adapter_weights, subprocess_env, tiny_overrides, write_dataset
 
@@ -40,7 +40,7 @@ def data_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_adapter(data_dir, vocab_dir, tmp_path):
     extra = ("adapter=lora", "adapter.dropout=0.1", "train.lr=1e-2", "train.epochs=4", "train.save_every=1")
-    reference = train(compose_config(tiny_overrides(data_dir, vocab_dir, tmp_path / "ref", *extra)), tmp_path / "ref")
+    reference = train(load_config(tiny_overrides(data_dir, vocab_dir, tmp_path / "ref", *extra)), tmp_path / "ref")
     assert reference["steps"] == 24
     args = [*tiny_overrides(data_dir, vocab_dir, tmp_path / "runs", *extra), "name=killed"]
     checkpoints = tmp_path / "runs" / "killed" / "checkpoints"
@@ -88,7 +88,7 @@ def test_user_errors_are_one_line_with_exit_status_2(vocab_dir, tmp_path):
 def test_unwritable_run_directory_on_the_command_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    result = cli("model=tiny", f"paths.runs_dir={blocker}/runs", "++hydra.callbacks.run_dir_check._target_=nola.train.RunDirCheck",
+    result = cli("model=tiny", f"paths.runs_dir={blocker}/runs", "++hydra.callbacks.run_dir_check._target_=nola.config.RunDirCheck",
                  cwd=tmp_path, check=False)
     assert result.returncode == 2 and result.stderr.startswith("error: cannot write to ") and "set paths.runs_dir" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

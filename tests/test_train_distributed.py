@@ -10,8 +10,8 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from nola.config import compose_config
-from nola.train import train
+from nola.config import load_config
+from nola.training.job import train
 from train_support import scalars, run_rank, tiny_overrides, write_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -29,7 +29,7 @@ def test_two_processes_match_one(vocab_dir, tmp_path):
     tokens counted over both processes)."""
     data_dir = write_dataset(tmp_path / "data", tasks=("e2e",))
     overrides = tiny_overrides(data_dir, vocab_dir, tmp_path, "adapter=nola", "train.lr=2e-2")
-    train(compose_config(overrides), tmp_path / "one")
+    train(load_config(overrides), tmp_path / "one")
     mp.spawn(run_rank, args=(2, free_port(), overrides, str(tmp_path / "two")), nprocs=2, join=True)
     one, two = scalars(tmp_path / "one"), scalars(tmp_path / "two")
     valid_one = [v["loss"] for v in json.loads((tmp_path / "one" / "train_metrics.json").read_text())["valid"]]

@@ -24,9 +24,9 @@ from nola.build import set_base_dropout
 from nola.config import compose_config
 from nola.data.batching import SequenceSet, ShuffledFillBatcher, build_sequences, collate
 from nola.model import GPT2Config, init_gpt2
-from nola.params import count_adapter
+from nola.adapters.count import count_adapter
 from nola.training.config import TrainConfig
-from nola.training.distributed import DistContext
+from nola.runtime import DistContext
 from nola.training.loop import Update, schedule_for, train_step, validation_loss
 from nola.training.optim import LoraAdamW, Schedule, build_optimizer
 from reference_support import FTDatasetIndices, lora_micro_batch_loss, lora_row

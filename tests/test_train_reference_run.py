@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 from torch.utils.data import DistributedSampler
 
 from nola.build import build_model
-from nola.config import compose_config
+from nola.config import load_config
 from nola.tokenizer import load_tokenizer
-from nola.train import train
+from nola.training.job import train
 from reference_support import FTDatasetIndices, lora_micro_batch_loss, lora_row
 from train_support import write_dataset
 
@@ -119,7 +119,7 @@ def gpt2_ft_reference(cfg, data_dir, vocab_dir, initial: dict[str, torch.Tensor]
 )
 def test_paper_recipe_trains_what_gpt2_ft_trains(experiment, extra, updates_expected, vocab_dir, tmp_path):
     data_dir = write_dataset(tmp_path / "data", tasks=("e2e",), train=21, valid=8)  # 21 = 5 x 4 + 1: 3 fill rows
-    cfg = compose_config(run_overrides(experiment, data_dir, vocab_dir, tmp_path, *extra))
+    cfg = load_config(run_overrides(experiment, data_dir, vocab_dir, tmp_path, *extra))
     initial_model = build_model(cfg, for_training=True, device="cpu")
     initial = {name: p.detach().clone() for name, p in initial_model.trainable.items()}
     metrics = train(cfg, tmp_path / "run")

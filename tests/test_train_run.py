@@ -10,7 +10,7 @@ import torch
 
 from nola.build import build_model
 from nola.errors import NolaError
-from nola.train import train
+from nola.training.job import train
 from nola.training import checkpoint as ckpt
 from nola.training import loop
 from train_support import adapter_weights, scalars, tiny_config, write_dataset

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nola.config import compose_config
+from nola.config import load_config
 from nola.data.tokenized import TokenizedSplit
 
 NAMES = ["Alimentum", "Aromi", "Bibimbap", "Cocum", "Giraffe", "Loch Fyne", "Zizzi", "The Mill"]
@@ -66,7 +66,7 @@ def tiny_overrides(data_dir: Path, vocab_dir: Path, runs_dir: Path, *extra: str)
 
 
 def tiny_config(data_dir: Path, vocab_dir: Path, runs_dir: Path, *extra: str):
-    return compose_config(tiny_overrides(data_dir, vocab_dir, runs_dir, *extra))
+    return load_config(tiny_overrides(data_dir, vocab_dir, runs_dir, *extra))
 
 
 def adapter_weights(run_dir: Path) -> bytes:
@@ -89,9 +89,9 @@ def run_rank(rank: int, world_size: int, port: int, overrides: list[str], run_di
          "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     )
     torch.set_num_threads(1)
-    from nola.train import train
+    from nola.training.job import train
 
-    train(compose_config(overrides), run_dir)
+    train(load_config(overrides), run_dir)
 
 
 def split_of(pairs: list[tuple[list[int], list[int]]]) -> TokenizedSplit:

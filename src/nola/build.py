@@ -12,9 +12,10 @@ provide them and points to the offline `make mini` reproduction before any other
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -26,14 +27,41 @@ from nola.adapters import (
     load_adapter,
     merge_adapters,
 )
+from nola.adapters.config import AdapterConfig
 from nola.errors import NolaError
-from nola.model import GPT2, NAMED_CONFIGS, GPT2Config, base_fingerprint, init_gpt2, load_gpt2
+from nola.model import (
+    GPT2,
+    NAMED_CONFIGS,
+    GPT2Config,
+    base_fingerprint,
+    init_gpt2,
+    load_gpt2,
+)
+from nola.model.config import ModelConfig
 from nola.model.hub import HUB_MODELS, NO_WEIGHTS_HELP, fetch_hub_model
+from nola.paths_config import PathsConfig
 from nola.tokenizer import GPT2Tokenizer, load_tokenizer
 
 RANDOM_SOURCE = "random"
 RESOLVE: Any = object()  # build_model(weights=RESOLVE): find/download the weights itself
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class BaseDropout(Protocol):
+    """What a model build reads of the training section (`nola.training.config.TrainConfig`)."""
+
+    base_dropout: float
+
+
+class ModelSections(Protocol):
+    """The typed sections a model is built from (`nola.config.Config` has them all): the base
+    (`model`), its adapter (`adapter`), where weights and the vocabulary are (`paths`), and, for
+    training, the base's dropout (`train.base_dropout`)."""
+
+    model: ModelConfig
+    adapter: AdapterConfig
+    paths: PathsConfig
+    train: BaseDropout
 
 
 @dataclass
@@ -52,7 +80,13 @@ class BuiltModel:
     merged: bool = False
 
 
-def resolve_weights(model_cfg, cache_dir: str | Path) -> Path | None:
+def base_only(cfg: ModelSections) -> ModelSections:
+    """`cfg` with no adapter of its own (`adapter.kind=none`): the base that a bank of many adapters,
+    loaded afterwards, is built on (the server, mixed decoding)."""
+    return dataclasses.replace(cfg, adapter=dataclasses.replace(cfg.adapter, kind="none"))
+
+
+def resolve_weights(model_cfg: ModelConfig, cache_dir: str | Path) -> Path | None:
     """Where the base weights are (None: random init), downloading a hub model if needed.
 
     Fails with a NolaError that says how to provide weights (and points to `make mini`) when the
@@ -70,7 +104,7 @@ def resolve_weights(model_cfg, cache_dir: str | Path) -> Path | None:
 
 
 def build_model(
-    cfg,
+    cfg: ModelSections,
     *,
     for_training: bool,
     device: str | torch.device = "cpu",
@@ -117,7 +151,7 @@ def build_model(
     return BuiltModel(model, tokenizer, fingerprint, torch.device(device), trainable, merged)
 
 
-def _load_base(model_cfg, weights: Path | None) -> GPT2:
+def _load_base(model_cfg: ModelConfig, weights: Path | None) -> GPT2:
     if weights is None:
         return init_gpt2(GPT2Config.named(model_cfg.name), model_cfg.init_seed)
     model = load_gpt2(weights)

@@ -7,6 +7,10 @@ from the composed config, so every check runs, before any data is read or any mo
 `check_group_choices` turns a misspelled group choice (`experiment=e2e/nola_gpt2mm`) into an
 error listing the available configs, before Hydra composes anything; `launch` runs both for a
 Hydra app's command line.
+
+This module is the only place a Hydra `DictConfig` becomes typed: the commands (`nola.train`,
+`nola.run`, `python -m nola.decode`, ...) call `typed_config` (or `load_config`, `seed_configs`)
+once, and every stage below them takes the typed `Config` or the sections it needs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -25,10 +30,12 @@ from nola.adapters.config import AdapterConfig
 from nola.data.config import TaskConfig
 from nola.decode.config import DecodeConfig
 from nola.errors import NolaError, exit_on_user_error
+from nola.fileio import ensure_writable_dir
 from nola.model.config import ModelConfig
 from nola.paths_config import PathsConfig
 from nola.serve.config import ServeConfig
 from nola.training.config import TrainConfig
+
 
 def _conf_dir() -> Path:
     """conf/ of the checkout (editable installs), else the copy installed inside the package."""
@@ -102,6 +109,39 @@ def typed_config(cfg: DictConfig) -> Config:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise NolaError(f"invalid configuration: {str(err).splitlines()[0]}") from None
+
+
+def load_config(overrides: list[str] | None = None) -> Config:
+    """`compose_config` then `typed_config`: conf/ with overrides, typed and checked."""
+    return typed_config(compose_config(overrides))
+
+
+def seed_configs(cfg: DictConfig) -> list[Config]:
+    """The typed configuration of each of `cfg.seeds` consecutive seeds from train.seed.
+
+    Done before typing because settings that follow train.seed by interpolation (adapter.base_seed
+    is `${train.seed}` in conf/adapter/*.yaml unless pinned) must follow each seed.
+    """
+    typed_config(cfg)  # every check (seeds >= 1 among them) before any seed's copy
+    configs = []
+    for offset in range(int(cfg.seeds)):
+        seeded = cfg.copy()
+        seeded.train.seed = int(cfg.train.seed) + offset
+        configs.append(typed_config(seeded))
+    return configs
+
+
+class RunDirCheck(Callback):
+    """Hydra callback: an unwritable run/sweep directory is a one-line error before Hydra creates it.
+
+    Enabled in conf/config.yaml under `hydra.callbacks` (`_target_: nola.config.RunDirCheck`).
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        exit_on_user_error(ensure_writable_dir)(Path(config.hydra.run.dir), what="paths.runs_dir (or hydra.run.dir)")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        exit_on_user_error(ensure_writable_dir)(Path(config.hydra.sweep.dir), what="paths.runs_dir (or hydra.sweep.dir)")
 
 
 def launch(main: Callable[[], object]) -> None:

@@ -1,11 +1,14 @@
-"""File plumbing for every stage: atomic writes, digests, writable-directory checks, and readers that
-fail with a location. Prepared data, references, hypotheses, results, tables, figures, adapters and
-checkpoint pointers are all written through it.
+"""File plumbing for every stage: the one atomic writer, digests, writable-directory checks, and
+readers that fail with a location. Prepared data, references, hypotheses, results, tables, figures,
+adapters, checkpoints, exported bases and downloads are all put in place through it.
 
-Every writer goes through `atomic_path`: the content lands in a temporary file in the destination's
-directory and is moved into place with `os.replace` only when complete, so an interrupted or failed
-run never leaves a half-written file under its final name. The file then gets the mode any new file
-gets (0666 less the umask: 0644 by default), not mkstemp's owner-only 0600.
+One rule for every write (`atomic_path` for a file, `atomic_directory` for a directory): the content
+is written beside its destination under a hidden name, flushed to disk (fsync), and moved to its
+final name by `move_into_place`, the only rename in the package, after which the directory entry is
+flushed too. An interrupted or failed run therefore never leaves a half-written file or directory
+under its final name, and a finished write survives a power cut (the work a lost checkpoint, adapter
+or result would cost is far more than an fsync). A new file gets the mode any new file gets (0666
+less the umask: 0644 by default), not mkstemp's owner-only 0600.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,18 +29,38 @@ from nola.errors import NolaError
 HASH_CHUNK = 1 << 20
 
 
-def new_file_mode() -> int:
-    """The mode `open()` gives a new file: 0666 less the process umask (read without changing it for
-    longer than the call)."""
+def _umask() -> int:
+    """The process umask (read without changing it for longer than the call)."""
     umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0666 less the process umask."""
+    return 0o666 & ~_umask()
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a directory's contents to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def move_into_place(source: str | Path, dest: str | Path) -> None:
+    """Rename a complete `source` (file or directory, already flushed) to `dest`, replacing a file there,
+    and flush the directory entry: the package's one rename (see the module docstring)."""
+    os.replace(source, dest)
+    fsync_path(Path(dest).parent)
 
 
 @contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success it replaces `dest` (with the umask's mode),
-    on error it is removed."""
+    """Yield a temporary path beside `dest`; on success it is flushed and replaces `dest` (with the
+    umask's mode), on error it is removed."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -45,9 +69,38 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, new_file_mode())
-        os.replace(tmp, dest)
+        fsync_path(tmp)
+        move_into_place(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(dest: str | Path, *, staging_prefix: str | None = None) -> Iterator[Path]:
+    """Yield an empty staging directory beside `dest`; on success its files are flushed and it takes
+    `dest`'s place (a previous `dest` is moved aside first, then deleted), so a reader sees the old
+    directory or the new one, never a mix; on error the staging directory is removed.
+
+    staging_prefix: the staging directory's name prefix (default `.<dest name>-`), for callers that
+    clean up their own leftovers by prefix.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix or f".{dest.name}-", dir=dest.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the directory from its readers
+    retired = staging.with_name(staging.name + "-old")
+    try:
+        yield staging
+        for path in staging.rglob("*"):
+            if path.is_file():
+                fsync_path(path)
+        fsync_path(staging)
+        if dest.exists():
+            move_into_place(dest, retired)
+        move_into_place(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def ensure_writable_dir(directory: str | Path, *, what: str) -> None:

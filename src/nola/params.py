@@ -15,27 +15,10 @@ from __future__ import annotations
 import json
 import sys
 
-import torch
-
-from nola.adapters import AdapterConfig, adapter_file_bytes, as_adapter_config, count_trainable, inject_adapters
-from nola.adapters.inject import basis_cache_bytes
+from nola.adapters.count import count_adapter
 from nola.errors import exit_on_user_error
-from nola.model import GPT2, GPT2Config
 
 USAGE = "usage: python -m nola.params model=<name> adapter=<name> [hydra overrides, e.g. adapter.rank=4]"
-
-
-def count_adapter(model_name: str, adapter: AdapterConfig) -> dict[str, int]:
-    """{"trainable": N, "adapter_file_bytes": B, "basis_cache_bytes": C} for GPT-2 `model_name`
-    adapted by `adapter` (C: the float32 NOLA bases held in memory while training and merging)."""
-    with torch.device("meta"):
-        model = GPT2(GPT2Config.named(model_name))
-    inject_adapters(model, adapter)
-    return {
-        "trainable": count_trainable(model),
-        "adapter_file_bytes": adapter_file_bytes(model, adapter.quant_bits),
-        "basis_cache_bytes": basis_cache_bytes(model),
-    }
 
 
 @exit_on_user_error
@@ -44,10 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     if any(arg in ("-h", "--help") for arg in overrides):
         print(USAGE)
         return
-    from nola.config import compose_config
+    from nola.config import load_config
 
-    cfg = compose_config(overrides)
-    print(json.dumps(count_adapter(cfg.model.name, as_adapter_config(cfg.adapter))))
+    cfg = load_config(overrides)
+    print(json.dumps(count_adapter(cfg.model.name, cfg.adapter)))
 
 
 if __name__ == "__main__":

@@ -24,17 +24,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nola.fileio import ensure_writable_dir, read_bytes, write_json_atomic
 from nola.errors import NolaError, exit_on_user_error
-from nola.metrics.e2e import score_e2e
-from nola.metrics.gem import score_gem, score_webnlg
+from nola.fileio import ensure_writable_dir, read_bytes, write_json_atomic
+from nola.tasks import SCALES, score_task
 
-TASKS = ("e2e", "webnlg", "dart")
-SCALES = {
-    "e2e": "as e2e-metrics prints: BLEU, METEOR, ROUGE_L fractions; NIST, CIDEr as printed",
-    "webnlg": "as GenerationEval prints: BLEU 0-100; METEOR, TER fractions",
-    "dart": "as GenerationEval prints: BLEU 0-100; METEOR, TER fractions",
-}
 CATEGORY_VALUES = {"seen": True, "unseen": False}
 WARNING_LINES_SHOWN = 5
 
@@ -110,26 +103,25 @@ def read_categories(path: Path, expected: int) -> list[bool]:
 
 def score_files(task: str, refs: Sequence[Path], hyps: Path, categories: Path | None = None) -> dict:
     """Read the files of one task and score them (the CLI without printing)."""
+    if categories is not None and task != "webnlg":
+        raise NolaError("--categories applies to --task webnlg only")
     if task == "e2e":
         if len(refs) != 1:
             raise NolaError(f"--task e2e takes one --refs file (multi-reference format), got {len(refs)}")
-        if categories is not None:
-            raise NolaError("--categories applies to --task webnlg only")
         references = read_e2e_references(refs[0])
-        return score_e2e(references, read_hypotheses(hyps, len(references), f"{refs[0]} (reference groups)"))
-    references = read_gem_references(refs)
-    hypotheses = read_hypotheses(hyps, len(references), f"{refs[0]} (reference lines)")
-    if categories is None:
-        return score_gem(references, hypotheses, num_refs=len(refs))
-    if task != "webnlg":
-        raise NolaError("--categories applies to --task webnlg only")
-    return score_webnlg(references, hypotheses, read_categories(categories, len(hypotheses)), num_refs=len(refs))
+        what = f"{refs[0]} (reference groups)"
+    else:
+        references = read_gem_references(refs)
+        what = f"{refs[0]} (reference lines)"
+    hypotheses = read_hypotheses(hyps, len(references), what)
+    seen = read_categories(categories, len(hypotheses)) if categories is not None else None
+    return score_task(task, references, hypotheses, seen=seen, num_refs=len(refs))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nola.score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--task", required=True, choices=tuple(SCALES))
     parser.add_argument("--refs", required=True, nargs="+", type=Path,
                         help="e2e: the multi-reference file; webnlg/dart: reference0 ... reference5")
     parser.add_argument("--hyps", required=True, type=Path, help="one hypothesis per line")

@@ -21,7 +21,7 @@ import torch
 
 from nola.allocator import keep_freed_memory
 from nola.bench import adapter_step, decode, gpu, multi_adapter, serving, soak, training
-from nola.bench.machine import describe_machine, load_average
+from nola.machine import describe_machine, load_average
 from nola.bench.report import SECTION_ORDER, merge_sections, read_report, write_report
 from nola.errors import NolaError, exit_on_user_error
 from nola.model import GPT2Config

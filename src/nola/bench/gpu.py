@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from nola.adapters import AdapterConfig
-from nola.bench.machine import describe_machine, matmul_peak_flops
+from nola.machine import describe_machine, matmul_peak_flops
 from nola.bench.timing import peak_memory, ratio, resident_tensors, summarize, time_alternating
 from nola.bench.training import E2E_COMPLETION_LENGTHS, E2E_CONTEXT_LENGTHS, LORA, e2e_like_batch, ours, train_flops
 from nola.model import GPT2Config

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from nola.adapters import AdapterConfig, adapter_params, inject_adapters
-from nola.bench.machine import matmul_peak_flops
+from nola.machine import matmul_peak_flops
 from nola.bench.timing import peak_memory, ratio, resident_tensors, summarize, time_alternating
 from nola.build import set_base_dropout
 from nola.data import Batch
@@ -40,7 +40,7 @@ from nola.errors import NolaError
 from nola.model import GPT2, GPT2Config, init_gpt2, to_hf_state_dict
 from nola.model import hf_config_dict
 from nola.training.config import TrainConfig
-from nola.training.distributed import DistContext
+from nola.runtime import DistContext
 from nola.training.loop import Update, train_step
 from nola.training.loss import masked_token_loss_sum
 from nola.training.optim import Schedule, build_optimizer
@@ -288,7 +288,7 @@ def bench_output_layer(*, repeats: int, warmup: int, config: GPT2Config = M_SHAP
     """The fused, chunked output layer + loss against the full-logit one, side by side in one run:
     a GPT-2 M-shaped step with LoRA and NOLA (and transformers + peft on the same shapes), and the
     mini's adaptation step in fp32 and bf16 where this CPU computes bf16 natively."""
-    from nola.bench.machine import native_bf16
+    from nola.machine import native_bf16
 
     batch = e2e_like_batch(config.vocab_size, seed=0, context_lengths=context_lengths,
                            completion_lengths=completion_lengths)

@@ -1,7 +1,7 @@
 """Fetch a raw file into the data directory: from a local mirror or its public URL, verified.
 
 Downloads are resumable (`nola.download.download_resumable`, shared with the hub loader); the
-destination appears only after the complete file matched its checksum (`os.replace`). A checksum
+destination appears only after the complete file matched its checksum (`nola.fileio.move_into_place`). A checksum
 mismatch deletes the `.part` file.
 """
 
@@ -17,7 +17,13 @@ from tqdm import tqdm
 from nola.data.sources import RawFile
 from nola.download import download_resumable, part_path
 from nola.errors import NolaError
-from nola.fileio import FileDigest, atomic_path, digest_file
+from nola.fileio import (
+    FileDigest,
+    atomic_path,
+    digest_file,
+    fsync_path,
+    move_into_place,
+)
 
 URL_HELP = "Check the URL in data/sources.json, or use --mirror DIR with a local copy."
 
@@ -77,7 +83,8 @@ def fetch_raw_file(
     except NolaError:
         part.unlink(missing_ok=True)
         raise
-    part.replace(dest)
+    fsync_path(part)
+    move_into_place(part, dest)
     return FetchResult(dest, digest, origin, "downloaded")
 
 

@@ -65,6 +65,7 @@ class DecodeConfig:
     out_dir: where hypotheses go (null: the Hydra run directory).
     manifest: a YAML/JSON list of {name, task, split, adapter_dir} decoded together in one mixed run,
         each context with its entry's adapter (`nola.decode.mixed`); null: one split, one adapter.
+    device: where decoding runs (`nola.runtime.pick_device`); by default the training device.
     """
 
     beam: int = PAPER_SETTINGS.beam
@@ -78,6 +79,7 @@ class DecodeConfig:
     adapter_dir: Optional[str] = None
     out_dir: Optional[str] = None
     manifest: Optional[str] = None
+    device: str = "${train.device}"
 
     def __post_init__(self) -> None:
         search_settings(self)  # raises on a bad search setting

@@ -13,7 +13,7 @@ The manifest (a YAML or JSON file you write, here mixed.yaml) lists what to deco
 `nola.adapters.bank.AdapterBank` on the base (`model`), all contexts go through the beam search
 together, each with its entry's adapter, and each entry gets `<out>/<name>/<split>_hypotheses.txt`
 and `.jsonl` (the single-task files) plus `scores.json`: the task's official-equivalent metrics
-(`nola.run.score`) and BLEU's bootstrap interval.
+(`nola.tasks.score_groups`) and BLEU's bootstrap interval.
 """
 
 from __future__ import annotations
@@ -28,17 +28,18 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nola.adapters.bank import AdapterBank
-from nola.build import build_model
+from nola.build import base_only, build_model
 from nola.data import load_reference_groups
 from nola.data.references import EVAL_SPLITS
 from nola.decode.hypotheses import decode_split, write_hypotheses
+from nola.decode.stage import DecodeSections
 from nola.errors import NolaError
 from nola.fileio import ensure_writable_dir, write_json_atomic
 from nola.metrics import bleu_segments
-from nola.run import score
+from nola.runtime import pick_device, read_environment
 from nola.stats import bootstrap_record
 from nola.tables.schema import TASKS
-from nola.training.distributed import pick_device, read_environment
+from nola.tasks import score_groups
 
 SCORES_NAME = "scores.json"
 ENTRY_KEYS = {"name", "task", "split", "adapter_dir", "data_dir"}
@@ -89,17 +90,17 @@ def read_manifest(path: str | Path, default_data_dir: str | Path) -> list[Manife
     return entries
 
 
-def decode_manifest(cfg, out_dir: str | Path) -> dict[str, Any]:
+def decode_manifest(cfg: DecodeSections, out_dir: str | Path) -> dict[str, Any]:
     """Decode every manifest entry in one mixed run, write its files and scores; return a summary."""
     entries = read_manifest(cfg.decode.manifest, cfg.paths.data_dir)
     out_dir = Path(out_dir)
     for entry in entries:
         ensure_writable_dir(out_dir / entry.name, what="decode.out_dir")
     groups = {entry.name: load_reference_groups(entry.data_dir, entry.task, entry.split) for entry in entries}
-    base_cfg = OmegaConf.merge(cfg, {"adapter": {"kind": "none"}})
+    base_cfg = base_only(cfg)
     if read_environment(os.environ)[0] > 1:
         raise NolaError("decode.manifest decodes in one process; run it without torchrun")
-    built = build_model(base_cfg, for_training=False, device=pick_device(str(cfg.train.device)))
+    built = build_model(base_cfg, for_training=False, device=pick_device(cfg.decode.device, key="decode.device"))
     bank = AdapterBank(built.model, built.base_fingerprint)
     for entry in entries:
         if entry.adapter_dir is not None:
@@ -121,7 +122,7 @@ def decode_manifest(cfg, out_dir: str | Path) -> dict[str, Any]:
         references = [group.references for group in groups[entry.name]]
         record = {"name": entry.name, "task": entry.task, "split": entry.split,
                   "adapter_dir": str(entry.adapter_dir) if entry.adapter_dir else None,
-                  "contexts": len(texts), "metrics": score(entry.task, groups[entry.name], texts),
+                  "contexts": len(texts), "metrics": score_groups(entry.task, groups[entry.name], texts),
                   "bleu_interval": bootstrap_record([bleu_segments(entry.task, references, texts)])}
         write_json_atomic(out_dir / entry.name / SCORES_NAME, record)
         summary["entries"][entry.name] = record

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nola.download import download_resumable, part_path
-from nola.fileio import sha256_file, write_text_atomic
 from nola.errors import NolaError
+from nola.fileio import fsync_path, move_into_place, sha256_file, write_text_atomic
 from nola.model.gpt2 import GPT2Config, hf_config_dict
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -104,7 +104,8 @@ def download_verified(url: str, dest: Path, sha256: str | None, *, timeout: floa
     if expected is None or actual != expected:
         part.unlink()
         raise NolaError(f"{url}: sha256 mismatch (expected {expected}, got {actual}); the partial file was removed, retry")
-    os.replace(part, dest)
+    fsync_path(part)
+    move_into_place(part, dest)
     write_text_atomic(checked, actual + "\n")
 
 

@@ -32,6 +32,7 @@ class ServeConfig:
     max_beam: the largest `beam` a request may ask for.
     request_timeout_s: a request not answered by then gets 504 and its prompts are dropped (0: no limit).
     log_prompts: put the prompt text in the access log (off: sizes only).
+    device: where the base and the search run (`nola.runtime.pick_device`); by default the training device.
     """
 
     adapters_dir: Optional[str] = None
@@ -52,6 +53,7 @@ class ServeConfig:
     max_beam: int = 16
     request_timeout_s: float = 300.0
     log_prompts: bool = False
+    device: str = "${train.device}"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:

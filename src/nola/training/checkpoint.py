@@ -7,8 +7,8 @@ Layout of `<run_dir>/checkpoints/`:
     step-00001000/state.json              step, data position, history, config, sha256 of the files
     latest                                the name of the newest complete checkpoint
 
-A checkpoint is written into a hidden temporary directory, each file fsynced, then renamed into
-place; only then is `latest` replaced (write to a temp file + os.replace). A crash mid-write thus
+A checkpoint is written into a hidden temporary directory, flushed and renamed into place
+(`nola.fileio.atomic_directory`); only then is `latest` replaced (`nola.fileio.write_text_atomic`). A crash mid-write thus
 leaves `latest` pointing at the previous, complete checkpoint, and the leftover temp directory is
 removed by the next save. Loading verifies every file's sha256 and reads tensors safely
 (safetensors; torch.load with weights_only=True).
@@ -17,7 +17,6 @@ removed by the next save. Loading verifies every file's sha256 and reads tensors
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from nola.fileio import sha256_file
 from nola.errors import NolaError
+from nola.fileio import atomic_directory, sha256_file, write_text_atomic
 
 LATEST = "latest"
 TENSORS_FILE = "trainable.safetensors"
@@ -69,21 +68,12 @@ def save_checkpoint(
     if latest_name(root) == final.name:
         return final
     remove_temporaries(root)
-    temp = root / f"{TEMP_PREFIX}{final.name}-{os.getpid()}"
-    temp.mkdir()
-    save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, str(temp / TENSORS_FILE))
-    _fsync_file(temp / TENSORS_FILE)
-    _save_trainer(trainer, temp / TRAINER_FILE)
-    manifest = {name: sha256_file(temp / name) for name in (TENSORS_FILE, TRAINER_FILE)}
-    _write_bytes(temp / STATE_FILE, json.dumps({**state, "step": step, "files": manifest}, indent=2).encode())
-    _fsync_dir(temp)
-    if final.exists():  # complete but never made latest (a kill between rename and pointer update)
-        shutil.rmtree(final)
-    os.replace(temp, final)
-    _fsync_dir(root)
-    _write_bytes(root / f"{TEMP_PREFIX}{LATEST}", f"{final.name}\n".encode())
-    os.replace(root / f"{TEMP_PREFIX}{LATEST}", root / LATEST)
-    _fsync_dir(root)
+    with atomic_directory(final, staging_prefix=f"{TEMP_PREFIX}{final.name}-") as temp:
+        save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, str(temp / TENSORS_FILE))
+        _save_trainer(trainer, temp / TRAINER_FILE)
+        manifest = {name: sha256_file(temp / name) for name in (TENSORS_FILE, TRAINER_FILE)}
+        _write_bytes(temp / STATE_FILE, json.dumps({**state, "step": step, "files": manifest}, indent=2).encode())
+    write_text_atomic(root / LATEST, f"{final.name}\n")
     prune(root, keep_last)
     return final
 
@@ -158,28 +148,10 @@ def remove_temporaries(root: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+
 def _save_trainer(trainer: dict, path: Path) -> None:
-    with open(path, "wb") as handle:
-        torch.save(trainer, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    torch.save(trainer, path)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    path.write_bytes(data)

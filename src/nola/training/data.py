@@ -21,13 +21,21 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from nola.data import Batch, LengthBucketBatcher, SequenceSet, build_sequences, collate, load_tokenized
+from nola.data import (
+    Batch,
+    LengthBucketBatcher,
+    SequenceSet,
+    build_sequences,
+    collate,
+    load_tokenized,
+)
 from nola.data.batching import ShuffledFillBatcher
-from nola.data.config import Batching, LastBatch
+from nola.data.config import Batching, LastBatch, TaskConfig
 from nola.data.records import split_path
 from nola.errors import NolaError
+from nola.runtime import DistContext, main_process_first
 from nola.tokenizer import GPT2Tokenizer
-from nola.training.distributed import DistContext, main_process_first
+from nola.training.config import TrainConfig
 
 
 @dataclass
@@ -52,11 +60,12 @@ class TrainingData:
         return collate(self.sequences, self._cache["rows"][position])
 
 
-def load_training_data(cfg, tokenizer: GPT2Tokenizer, ctx: DistContext, max_len: int) -> TrainingData:
-    """Tokenize (cached; rank 0 first) and batch the train and valid splits of `cfg.task`."""
-    train_seqs = _sequences(cfg, tokenizer, ctx, "train", max_len)
-    valid_seqs = _sequences(cfg, tokenizer, ctx, "valid", max_len)
-    train, task, accum = cfg.train, cfg.task, cfg.train.grad_accum
+def load_training_data(train: TrainConfig, task: TaskConfig, tokenizer: GPT2Tokenizer, ctx: DistContext,
+                       max_len: int) -> TrainingData:
+    """Tokenize (cached; rank 0 first) and batch the train and valid splits of `task`."""
+    train_seqs = _sequences(task, tokenizer, ctx, "train", max_len)
+    valid_seqs = _sequences(task, tokenizer, ctx, "valid", max_len)
+    accum = train.grad_accum
     sharding = dict(world_size=ctx.world_size, rank=ctx.rank)
     if Batching(task.batching) is Batching.lora:
         batcher = ShuffledFillBatcher(train_seqs, train.batch_size // accum, seed=train.seed, **sharding)
@@ -75,19 +84,19 @@ def load_training_data(cfg, tokenizer: GPT2Tokenizer, ctx: DistContext, max_len:
     return TrainingData(train_seqs, micro_per_epoch, epoch_rows, [collate(valid_seqs, rows) for rows in mine])
 
 
-def _sequences(cfg, tokenizer: GPT2Tokenizer, ctx: DistContext, split: str, max_len: int) -> SequenceSet:
+def _sequences(task: TaskConfig, tokenizer: GPT2Tokenizer, ctx: DistContext, split: str, max_len: int) -> SequenceSet:
     tokenized = main_process_first(
-        ctx, lambda: load_tokenized(cfg.task.data_dir, cfg.task.name, split, tokenizer, progress=ctx.is_main)
+        ctx, lambda: load_tokenized(task.data_dir, task.name, split, tokenizer, progress=ctx.is_main)
     )
-    sequences = build_sequences(tokenized, max_len, cfg.task.truncation)
+    sequences = build_sequences(tokenized, max_len, task.truncation)
     if len(sequences) == 0:
-        path = split_path(cfg.task.data_dir, cfg.task.name, split)
+        path = split_path(task.data_dir, task.name, split)
         why = f"all {sequences.num_dropped} were dropped at {max_len} tokens" if sequences.num_dropped else "it is empty"
         raise NolaError(f"{path}: no {split} examples to train on ({why}); prepare the data again with `make data` "
                         "or check task.data_dir and task.truncation")
     if ctx.is_main and (sequences.num_truncated or sequences.num_dropped):
         tqdm.write(
-            f"{cfg.task.name}/{split}: {sequences.num_truncated} examples truncated and {sequences.num_dropped} "
+            f"{task.name}/{split}: {sequences.num_truncated} examples truncated and {sequences.num_dropped} "
             f"dropped at {max_len} tokens (task.max_seq_len / the model's context window)"
         )
     return sequences

@@ -31,9 +31,10 @@ import torch
 
 from nola.build import BuiltModel
 from nola.errors import NolaError
+from nola.runtime import DistContext, all_reduce_gradients, all_reduce_sum, barrier
 from nola.training import checkpoint as ckpt
+from nola.training.config import TrainConfig
 from nola.training.data import TrainingData
-from nola.training.distributed import DistContext, all_reduce_gradients, all_reduce_sum, barrier
 from nola.training.loss import completion_loss_sum
 from nola.training.monitor import Monitor
 from nola.training.optim import Schedule, autocast
@@ -65,7 +66,7 @@ class Update:
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     schedule: Schedule
-    train: object  # the recipe: label_smoothing, loss_normalization, max_grad_norm
+    train: TrainConfig  # the recipe: label_smoothing, loss_normalization, max_grad_norm
     ctx: DistContext
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
@@ -83,7 +84,7 @@ class NonFiniteStep(Exception):
 class TrainingJob:
     """Everything the loop works on."""
 
-    cfg: object
+    train: TrainConfig
     ctx: DistContext
     built: BuiltModel
     data: TrainingData
@@ -98,19 +99,19 @@ class TrainingJob:
 
     @property
     def total_micro_batches(self) -> int:
-        return self.cfg.train.epochs * self.data.micro_batches_per_epoch
+        return self.train.epochs * self.data.micro_batches_per_epoch
 
     @property
     def total_steps(self) -> int:
         """Optimizer updates of the whole run (LoRA: max_step micro-batches // grad_acc)."""
-        return self.total_micro_batches // self.cfg.train.grad_accum
+        return self.total_micro_batches // self.train.grad_accum
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
         return list(self.built.trainable.values())
 
     def update_inputs(self) -> Update:
-        return Update(self.built.model, self.params, self.optimizer, self.schedule, self.cfg.train, self.ctx,
+        return Update(self.built.model, self.params, self.optimizer, self.schedule, self.train, self.ctx,
                       self.amp_dtype, self.scaler)
 
 
@@ -126,7 +127,7 @@ def schedule_for(train, micro_batches_per_epoch: int) -> Schedule:
 
 def fit(job: TrainingJob, state: TrainState) -> str:
     """Train until the schedule ends or a budget stops it; return "finished", "max_steps" or "max_time"."""
-    train = job.cfg.train
+    train = job.train
     accum, per_epoch = train.grad_accum, job.data.micro_batches_per_epoch
     started = time.perf_counter()
     if train.max_steps and state.step >= train.max_steps:
@@ -239,7 +240,7 @@ def _non_finite_message(job: TrainingJob, step: int, loss: float, grad_norm: flo
         kept = "no checkpoint was written yet"
     return (
         f"training stopped at step {step}: loss {loss}, gradient norm {grad_norm} (not finite); {kept}. "
-        f"Lower train.lr (now {job.cfg.train.lr}), enable train.max_grad_norm or use train.precision=fp32, then rerun"
+        f"Lower train.lr (now {job.train.lr}), enable train.max_grad_norm or use train.precision=fp32, then rerun"
     )
 
 
@@ -272,18 +273,18 @@ def save(job: TrainingJob, state: TrainState) -> None:
             "optimizer": job.optimizer.state_dict(),
             "scaler": job.scaler.state_dict() if job.scaler else {},
         }
-        micro_batches = state.step * job.cfg.train.grad_accum
+        micro_batches = state.step * job.train.grad_accum
         record = {
             **asdict(state),
             "position": dict(zip(("epoch", "micro_batch"), divmod(micro_batches, job.data.micro_batches_per_epoch))),
             "micro_batches_per_epoch": job.data.micro_batches_per_epoch,
             "total_steps": job.total_steps,
             "world_size": job.ctx.world_size,
-            "rng": {"scheme": "reseeded every step from (train.seed, step, rank)", "seed": job.cfg.train.seed},
+            "rng": {"scheme": "reseeded every step from (train.seed, step, rank)", "seed": job.train.seed},
             "config": job.config_record,
         }
         ckpt.save_checkpoint(job.checkpoint_dir, state.step, dict(job.built.trainable), trainer, record,
-                             keep_last=job.cfg.train.keep_last)
+                             keep_last=job.train.keep_last)
     barrier(job.ctx)
 
 

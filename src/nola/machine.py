@@ -1,8 +1,10 @@
-"""What the benchmark ran on, and the machine's measured matrix-multiply peak.
+"""The machine a result came from, described once: for results.json (`machine_description`, one line)
+and for the benchmarks (`describe_machine`, and the measured matrix-multiply peak).
 
-Every figure in bench.json is only meaningful with the machine beside it: CPU model, cores
-usable by this process, torch's thread count, library versions, the accelerator's name, and
-the load average (other processes sharing the cores slow every contender).
+Every figure is only meaningful with the machine beside it: CPU model, cores usable by this
+process, torch's thread count, library versions, the accelerator's name, and the load average
+(other processes sharing the cores slow every contender); `native_bf16` tells whether bfloat16
+pays on this CPU (detected from its flags, never assumed).
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_model()
+
+
+def machine_description() -> str:
+    """results.json's `machine`: e.g. `cpu: <model> (2 cores, 2 torch threads), torch 2.x`, or the CUDA
+    device's name."""
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return f"cpu: {cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), torch {torch.__version__}"
 
 
 def describe_machine(device: torch.device = torch.device("cpu")) -> dict:

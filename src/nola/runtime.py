@@ -1,13 +1,16 @@
-"""Data-parallel training across processes started by `torchrun --nproc_per_node=N`.
+"""Where the work runs, for every stage (training, decoding, serving, the mini): the device and the
+process group of `torchrun --nproc_per_node=N`.
 
-torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; without them the run is a
-single process and every collective here is a no-op. An inconsistent environment (WORLD_SIZE
-without the others, a value that is not a number, a rank outside the world) is a NolaError before
-anything starts, and forming the group (a peer that never comes) and every collective are bounded
-by `train.dist_timeout_s`. NCCL on CUDA, gloo on CPU. Each process computes gradients of its share
-of every micro-batch (each loss already divided by the whole micro-batch's token count), and one
-all-reduce per optimizer step sums the adapter gradients, flattened into one buffer: the adapter is
-small, so a single collective is cheaper than DDP's bucketing and needs no wrapper around the model.
+`pick_device` resolves a `train.device` / `decode.device` / `serve.device` setting (`auto`: this
+process's CUDA device when there is one, else cpu). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK /
+MASTER_ADDR / MASTER_PORT; without them the job is a single process and every collective here is a
+no-op. An inconsistent environment (WORLD_SIZE without the others, a value that is not a number, a
+rank outside the world) is a NolaError before anything starts, and forming the group (a peer that
+never comes) and every collective are bounded by `train.dist_timeout_s`. NCCL on CUDA, gloo on CPU.
+In training each process computes gradients of its share of every micro-batch (each loss already
+divided by the whole micro-batch's token count), and one all-reduce per optimizer step sums the
+adapter gradients, flattened into one buffer: the adapter is small, so a single collective is
+cheaper than DDP's bucketing and needs no wrapper around the model.
 """
 
 from __future__ import annotations
@@ -79,14 +82,15 @@ def read_environment(env: Mapping[str, str]) -> tuple[int, int, int]:
     return world_size, rank, local_rank
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistContext:
-    """Join the process group torchrun describes in the environment (if any) and pick the device.
+def init_distributed(device: str = "auto", timeout_s: float = 300.0, *, key: str = "train.device") -> DistContext:
+    """Join the process group torchrun describes in the environment (if any) and pick the device
+    (`key`: the setting that chose it, for the error message).
 
     Forming the group waits at most `timeout_s` for the other processes (torch's default is 30
     minutes); then, or when the rendezvous address cannot be reached, a NolaError says so.
     """
     world_size, rank, local_rank = read_environment(os.environ)
-    chosen = pick_device(device, local_rank)
+    chosen = pick_device(device, local_rank, key=key)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if chosen.type == "cuda" else "gloo"
         if chosen.type == "cuda":
@@ -109,13 +113,14 @@ def shutdown_distributed(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def pick_device(device: str, local_rank: int = 0) -> torch.device:
-    """`train.device` as a torch device: auto = this process's CUDA device when there is one, else cpu."""
+def pick_device(device: str, local_rank: int = 0, *, key: str = "train.device") -> torch.device:
+    """A device setting (`key`: train.device, decode.device, serve.device) as a torch device: auto =
+    this process's CUDA device when there is one, else cpu."""
     if device == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     chosen = torch.device(device)
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise NolaError(f"train.device={device!r} but CUDA is not available; use train.device=cpu or auto")
+        raise NolaError(f"{key}={device!r} but CUDA is not available; use {key}=cpu or auto")
     if chosen.type == "cuda" and chosen.index is None:
         chosen = torch.device("cuda", local_rank)
     return chosen

@@ -1,7 +1,7 @@
 """The offline mini reproduction: `python -m nola.mini [options] [hydra overrides]`.
 
 `make mini` (scripts/mini.sh) prepares the data, then runs this. Every stage goes through the same
-code as the full-scale runs (`nola.train.train`, `nola.run.run_seeds`); only the configs differ
+code as the full-scale runs (`nola.training.job.train`, `nola.pipeline.run`); only the configs differ
 (conf/experiment/mini/*.yaml):
 
 1. pretrain the mini GPT-2 (4 layers, 128 wide, GPT-2 tokenizer) from random init on a subset of
@@ -27,41 +27,35 @@ never reuses an old adapter. Rerunning resumes: every finished stage is skipped.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
 import multiprocessing
 import os
 import random
-import shutil
-import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
+from nola.allocator import keep_freed_memory
 from nola.build import build_model
-from nola.config import compose_config
+from nola.config import Config, load_config
 from nola.data import Example, ReferenceGroup, load_examples, load_reference_groups
-from nola.fileio import read_json, sha256_file, write_json_atomic, write_text_atomic
 from nola.data.records import split_path, write_examples
 from nola.data.references import group_references, write_reference_files
-from nola.allocator import keep_freed_memory
-from nola.errors import NolaError, exit_on_user_error
+from nola.errors import NolaError
 from nola.export import export_hf_model
+from nola.fileio import atomic_directory, read_json, sha256_file, write_json_atomic, write_text_atomic
+from nola.machine import machine_description, native_bf16
 from nola.model import base_fingerprint, load_gpt2
-from nola.bench.machine import native_bf16
-from nola.run import machine_description, run, train_stage
+from nola.pipeline import run, train_stage
+from nola.runtime import pick_device
 from nola.tables import build_tables, plot_params_vs_bleu
 from nola.tables.groups import RunGroup, group_runs
 from nola.tables.render import LAYOUTS, our_row
 from nola.tables.schema import BLEU_KEY, PAPER_SCALE, headline_bleu, metric_name
-from nola.training.distributed import pick_device
 
 METHODS = ("ft", "lora", "lora_r1", "nola_k32", "nola_k16")
 BASE_RUN = "base"
@@ -122,9 +116,9 @@ class MiniReport:
         self.loads.append(os.getloadavg()[0])
 
 
-def stage_config(stage: str, overrides: list[str], *extra: str) -> DictConfig:
-    """The composed config of one mini stage: conf/experiment/mini/<stage>.yaml + the user's overrides."""
-    return compose_config([f"experiment=mini/{stage}", *overrides, *extra])
+def stage_config(stage: str, overrides: list[str], *extra: str) -> Config:
+    """The typed config of one mini stage: conf/experiment/mini/<stage>.yaml + the user's overrides."""
+    return load_config([f"experiment=mini/{stage}", *overrides, *extra])
 
 
 PRECISION_CHOICES = ("fp32", "auto", "bf16")
@@ -135,7 +129,7 @@ def training_precision(choice: str, overrides: list[str]) -> tuple[str, str]:
     device computes bfloat16 natively (`native_bf16`: detected, never assumed), else fp32."""
     if choice != "auto":
         return choice, f"--precision {choice}"
-    device = pick_device(str(stage_config("pretrain", overrides).train.device))
+    device = pick_device(stage_config("pretrain", overrides).train.device)
     if native_bf16(device):
         return "bf16", "--precision auto: this device computes bfloat16 natively"
     return "fp32", "--precision auto: this device has no native bfloat16"
@@ -199,15 +193,9 @@ def pretrain_base(overrides: list[str], data_key: str) -> tuple[Path, dict[str, 
                                                 "train_s", "completion_tokens")}
     summary.update(model=cfg.model.name, examples=_count_lines(split_path(cfg.task.data_dir, "dart", "train")),
                    run_dir=str(run_dir))
-    base_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{BASE_DIR}-", dir=base_dir.parent))
-    try:
+    with atomic_directory(base_dir) as staging:
         export_hf_model(built.model, staging)
         write_json_atomic(staging / PRETRAIN_RECORD, summary)
-        shutil.rmtree(base_dir, ignore_errors=True)
-        os.replace(staging, base_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return base_dir, summary
 
 
@@ -231,7 +219,7 @@ class MiniJob:
 
 
 def run_job(job: MiniJob) -> dict[str, Any]:
-    """`nola.run.run` for one job (in this process or a worker process)."""
+    """`nola.pipeline.run` for one job (in this process or a worker process)."""
     import torch
 
     torch.set_num_threads(job.threads)
@@ -430,35 +418,3 @@ def run_mini(settings: MiniSettings, overrides: list[str], out_dir: Path, starte
     write_text_atomic(out_dir / "mini.md", render_report(results, report, settings))
     plot_params_vs_bleu(results, None, out_dir / "mini_params_vs_bleu.png")
     return results
-
-
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    defaults = MiniSettings()
-    parser = argparse.ArgumentParser(prog="python -m nola.mini", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="eval/results", help="where mini.md and the figure go")
-    parser.add_argument("--started-at", type=float, default=None, help="epoch seconds the whole job started")
-    for name in ("pretrain_examples", "pretrain_max_chars", "adapt_examples", "valid_examples", "test_contexts", "seeds",
-                 "workers", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    parser.add_argument("--precision", choices=PRECISION_CHOICES, default=defaults.precision,
-                        help="training precision: fp32, bf16, or auto = bf16 where the device computes it natively")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated adapted models to run besides the un-adapted base (default: all of {','.join(METHODS)})")
-    parser.add_argument("overrides", nargs="*", help="hydra overrides applied to every stage (e.g. model=tiny)")
-    args = parser.parse_args(argv)
-    return args, list(args.overrides)
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    args, overrides = parse_args(argv)
-    keep_freed_memory()
-    settings = MiniSettings(**{name: getattr(args, name) for name in MiniSettings.__dataclass_fields__})
-    results = run_mini(settings, overrides, Path(args.out), args.started_at, tuple(args.methods.split(",")))
-    summary = {result["tag"]: result["metrics"] for result in results}  # one entry per run (and seed)
-    json.dump(summary, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-
-
-if __name__ == "__main__":
-    main()
