@@ -176,7 +176,7 @@ class AdapterBank:
     """
 
     def __init__(self, model: GPT2, base_fingerprint: str, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        if getattr(getattr(model, "adapter_config", None), "kind", "none") != "none":
+        if model.adapter_config is not None and model.adapter_config.kind != "none":
             raise NolaError("the adapter bank needs the bare base model; build it with adapter=none")
         self.model, self.fingerprint, self.cache_bytes = model, base_fingerprint, int(cache_bytes)
         self.router = Router()

@@ -39,6 +39,7 @@ from nola.adapters.inject import (
 from nola.adapters.quantize import dequantize_vectors, quantize_coefficients_, quantize_vectors
 from nola.fileio import atomic_path, read_bytes, sha256_file, write_text_atomic
 from nola.errors import NolaError
+from nola.model import GPT2
 from nola.model import base_fingerprint as fingerprint_of
 
 WEIGHTS_FILE = "adapter.safetensors"
@@ -143,7 +144,7 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     return document
 
 
-def load_adapter(model: nn.Module, directory: str | Path) -> AdapterConfig:
+def load_adapter(model: GPT2, directory: str | Path) -> AdapterConfig:
     """Load a saved adapter into `model` (injecting it first if the model has none); strict.
 
     Refuses: another architecture or base weights (fingerprint), a different adapter structure,
@@ -154,7 +155,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> AdapterConfig:
         raise NolaError("the model's adapters are merged; unmerge_adapters(model) before loading an adapter")
     document, config = open_adapter(directory, model.config, fingerprint_of(model))
     config_path = directory / CONFIG_FILE
-    current = getattr(model, "adapter_config", None)
+    current = model.adapter_config
     if current is None or current.kind == "none":  # a bare base takes the saved adapter's configuration
         inject_adapters(model, config)
     elif current.kind == config.kind == "nola" and current.init != config.init:

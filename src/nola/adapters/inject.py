@@ -1,7 +1,7 @@
 """Put adapters into a GPT-2, decide what trains, and merge them for inference.
 
 `inject_adapters` replaces the configured projections of every block with `AdaptedLinear` and records
-the config on the model (`model.adapter_config`). Every frozen NOLA matrix gets its own seed, derived
+the config in the model's declared hook (`GPT2.adapter_config`). Every frozen NOLA matrix gets its own seed, derived
 from `adapter.base_seed` and its name; with adapter.init=reference the bases are named without the
 layer, so one `FrozenBasis` per adapted slot kind (q-A, q-B, v-A, v-B, ...) serves every layer. `adapter_params` is the one place that says which
 tensors train and are saved: the parameters of the adapter slots (LoRA, NOLA), every weight (full),
@@ -20,12 +20,13 @@ from nola.adapters.bases import derive_seed
 from nola.adapters.config import MODULE_PATHS, AdapterConfig, as_adapter_config
 from nola.adapters.layers import OFFSET_ROLES, AdaptedLinear, FrozenBasis, LoraSlot, NolaSlot
 from nola.errors import NolaError
+from nola.model.gpt2 import GPT2
 
 
-def inject_adapters(model: nn.Module, config: AdapterConfig | Any) -> None:
+def inject_adapters(model: GPT2, config: AdapterConfig | Any) -> None:
     """Adapt `model` in place as `config` says and freeze everything that is not trained."""
     config = replace(as_adapter_config(config))
-    if getattr(getattr(model, "adapter_config", None), "kind", "none") != "none":
+    if model.adapter_config is not None and model.adapter_config.kind != "none":
         raise NolaError("the model already has adapters; build a fresh model to inject another configuration")
     if config.kind in ("lora", "nola"):
         shared: dict[str, FrozenBasis] = {}
@@ -110,16 +111,16 @@ def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear]]:
             yield name, module
 
 
-def adapter_config_of(model: nn.Module) -> AdapterConfig:
-    config = getattr(model, "adapter_config", None)
+def adapter_config_of(model: GPT2) -> AdapterConfig:
+    config = model.adapter_config
     if config is None:
         raise NolaError("the model has no adapter configuration; call inject_adapters(model, config) first")
     return config
 
 
-def adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
+def adapter_params(model: GPT2) -> dict[str, nn.Parameter]:
     """Exactly the tensors that train and that an adapter checkpoint holds, by their model names."""
-    config = getattr(model, "adapter_config", None)
+    config = model.adapter_config
     if config is None or config.kind == "none":
         return {}
     if config.kind == "full":

@@ -34,6 +34,7 @@ import torch
 from nola.adapters import inject_adapters, load_adapter, save_adapter
 from nola.adapters.checkpoint import CONFIG_FILE, WEIGHTS_FILE, adapter_digest
 from nola.adapters.config import AdapterConfig
+from nola.fileio import move_into_place
 from nola.bench.serving import percentile, post, running_server, cannot_serve
 from nola.decode.beam import search
 from nola.decode.config import SearchSettings
@@ -122,7 +123,7 @@ class Mutator(threading.Thread):
         kind = self.rng.choice(sorted(KINDS))
         name = f"adapter-{self.next_index:04d}"
         self.next_index += 1
-        self.writer.stage(kind).rename(self.writer.live / name)
+        move_into_place(self.writer.stage(kind), self.writer.live / name)
         with self.lock:
             self.names[name] = kind
         self.counts["added"] += 1
@@ -151,11 +152,11 @@ def plant_broken(writer: AdapterWriter, base, seed: int) -> None:
     truncated = writer.stage("nola")
     data = (truncated / WEIGHTS_FILE).read_bytes()
     (truncated / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
-    truncated.rename(writer.live / BROKEN[0])
+    move_into_place(truncated, writer.live / BROKEN[0])
     foreign = writer.live.parent / "foreign"
     foreign.mkdir()
     other = AdapterWriter(init_gpt2(base.config, seed + 1).eval(), foreign, writer.versions, seed + 1)
-    other.stage("nola").rename(writer.live / BROKEN[1])
+    move_into_place(other.stage("nola"), writer.live / BROKEN[1])
 
 
 def verify(base, versions: Path, tokenizer, answers: list[dict], beam: int) -> dict:
@@ -205,7 +206,7 @@ def run(*, quick: bool = False, seed: int = 0, vocab_dir: str | Path = "data/voc
         names = {}
         for index in range(adapters):
             kind = "lora" if index % 4 == 3 else ("nola", "nola_b")[index % 2]
-            writer.stage(kind).rename(live / f"adapter-{index:04d}")
+            move_into_place(writer.stage(kind), live / f"adapter-{index:04d}")
             names[f"adapter-{index:04d}"] = kind
         plant_broken(writer, base, seed)
         stop = threading.Event()

@@ -92,7 +92,7 @@ def search(
     for one in dict.fromkeys(per_prompt):
         indices = [i for i, own in enumerate(per_prompt) if own == one]
         check_inputs(model.config, [prompts[i] for i in indices], one, batch_size, lambda j: f"prompt {indices[j]}")
-    bank = getattr(model, "adapter_bank", None)
+    bank = model.adapter_bank
     if adapters is not None:
         if bank is None:
             raise NolaError("an adapter per prompt needs a model with an adapter bank (nola.adapters.bank.AdapterBank)")

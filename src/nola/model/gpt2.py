@@ -9,7 +9,9 @@ right-padded batches give each row the result it gets alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -206,6 +208,22 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
 
+class AdapterSettings(Protocol):
+    """What the model knows of its injected adapters (`nola.adapters.config.AdapterConfig`)."""
+
+    kind: str
+
+
+class RowAdapters(Protocol):
+    """A bank of many adapters on this model that routes every row of a batch to its own adapter
+    (`nola.adapters.bank.AdapterBank`): `resolve(name)` → the version a request keeps, `routes`
+    (the batch's per-row adapters) is installed around each forward by the beam search."""
+
+    routes: Callable
+
+    def resolve(self, name: str) -> object: ...
+
+
 class GPT2(nn.Module):
     """GPT-2 language model with tied input/output embeddings.
 
@@ -215,7 +233,14 @@ class GPT2(nn.Module):
     positions (N, vocab), so training pays the vocabulary projection only where the loss is taken;
     `hidden_only` returns the final layer-normed hidden states instead of logits (a fused loss
     applies `lm_head` itself).
+
+    The adapter hooks, declared here and set only by `nola.adapters`: `adapter_config` is the
+    configuration of the injected adapters (`inject_adapters`; None: the bare base), `adapter_bank`
+    the bank of many adapters wrapped around the base (`AdapterBank`; None: none).
     """
+
+    adapter_config: AdapterSettings | None
+    adapter_bank: RowAdapters | None
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
@@ -224,6 +249,8 @@ class GPT2(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
         self.gradient_checkpointing = False
+        self.adapter_config = None
+        self.adapter_bank = None
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         weight = self.transformer.wte.weight
