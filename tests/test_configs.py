@@ -124,3 +124,38 @@ def test_experiment_trains_two_steps_on_tiny(experiment, data_dir, vocab_dir, tm
     assert metrics["steps"] == 2 and metrics["stop_reason"] == "max_steps"
     assert metrics["adapter"]["kind"] == cfg.adapter.kind
     assert (tmp_path / "run" / "adapter" / "adapter.safetensors").is_file()
+
+
+def test_no_group_file_restates_a_schema_default():
+    """Defaults once: a group file keeps only what differs from its dataclass (or from the file it
+    extends through its own `defaults` list), so a default is never written in two places."""
+    import dataclasses
+
+    import yaml
+
+    from nola.config import Config
+
+    def default_of(field):
+        if field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            value = field.default
+        value = getattr(value, "value", value)  # enums as the yaml spells them
+        return list(value) if isinstance(value, tuple) else value
+
+    def parents(group: str, data: dict) -> list[dict]:
+        names = [entry for entry in data.get("defaults", []) if isinstance(entry, str) and entry != "_self_"]
+        return [yaml.safe_load((CONF_DIR / group / f"{name}.yaml").read_text(encoding="utf-8")) or {} for name in names]
+
+    restated = []
+    for section in dataclasses.fields(Config):
+        if section.default_factory is dataclasses.MISSING:
+            continue
+        schema = {field.name: field for field in dataclasses.fields(section.default_factory())}
+        for path in sorted((CONF_DIR / section.name).glob("*.yaml")):
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            inherited = {key: value for parent in parents(section.name, data) for key, value in parent.items()}
+            for key, value in data.items():
+                if key in schema and value == default_of(schema[key]) and inherited.get(key, value) == value:
+                    restated.append(f"{path.relative_to(CONF_DIR)}: {key}")
+    assert restated == []
