@@ -1,17 +1,17 @@
 """The files of a run directory, named in one place.
 
     runs/<name>/                      (paths.runs_dir / name; hydra.run.dir)
-      config.yaml                     the resolved configuration            nola.train
+      config.yaml                     the resolved configuration            nola.training.job
       tensorboard/                    training curves                       nola.training.monitor
       checkpoints/                    resumable training state              nola.training.checkpoint
       adapter/                        the final adapter (adapter.safetensors + adapter_config.json)
-      epochs/epoch-<n>/               the adapter at the end of epoch n    nola.train
+      epochs/epoch-<n>/               the adapter at the end of epoch n    nola.training.job
                                       (+ valid_hypotheses.txt etc. when chosen by validation BLEU)
-      train_metrics.json              the training record                   nola.train
+      train_metrics.json              the training record                   nola.training.job
       <split>_hypotheses.txt          one hypothesis per reference group    nola.decode
       <split>_hypotheses.jsonl        index, context, tokens, score, text   nola.decode
       decode.json                     what the hypotheses were made from    nola.decode.stage
-      results.json                    scores and provenance (nola.tables.schema)  nola.run
+      results.json                    scores and provenance (nola.tables.schema)  nola.pipeline
 
 Decoding writes its three files into `decode.out_dir` when that is set, else the run directory.
 """

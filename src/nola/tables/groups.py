@@ -1,6 +1,6 @@
 """Our runs as table rows: runs that differ only in their seed form one row.
 
-Two results.json belong to the same row when their `config_key` is equal (`nola.run.config_key`:
+Two results.json belong to the same row when their `config_key` is equal (`nola.pipeline.config_key`:
 the whole recipe, task, split, search and base, without train.seed); a result without one (written
 before seeds were recorded) is a row of its own. A row reports, per metric, the mean ± sample sd
 over its runs and n (`nola.stats.mean_sd`), the bootstrap interval of its BLEU and, beside the
