@@ -18,6 +18,7 @@ from nola.errors import NolaError
 
 VOCAB_FILES = ("encoder.json", "vocab.bpe")
 EOS_ID = 50256  # <|endoftext|>, used as both bos and eos in the LoRA data layout (microsoft/LoRA examples/NLG)
+DOUBLE_NEWLINE_ID = 628  # "\n\n", the second eos of the paper scripts (`gpt2_beam.py --eos_token_id 628`)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from nola.model import GPT2, GPT2Config, init_gpt2, to_hf_state_dict
 from nola.model import hf_config_dict
 from nola.training.config import TrainConfig
 from nola.runtime import DistContext
+from nola.tokenizer import EOS_ID
 from nola.training.loop import Update, train_step
 from nola.training.loss import masked_token_loss_sum
 from nola.training.optim import Schedule, build_optimizer
@@ -54,7 +55,6 @@ LORA = AdapterConfig(kind="lora", rank=4, alpha=32.0, dropout=0.1, targets=["q",
 NOLA = AdapterConfig(kind="nola", rank=8, alpha=8.0, dropout=0.0, targets=["q", "v"], modules=["c_attn"],
                      num_basis_a=512, num_basis_b=512)
 LABEL_SMOOTHING = 0.1  # LoRA/NOLA GPT-2 recipes (UCDvision/NOLA and microsoft/LoRA GPT-2 scripts)
-EOS_ID = 50256
 PAD_ID = 0
 
 

@@ -1,6 +1,6 @@
 """Fetch a raw file into the data directory: from a local mirror or its public URL, verified.
 
-Downloads are resumable (`nola.download.download_resumable`, shared with the hub loader); the
+Downloads are resumable (`nola.resumable.download_resumable`, shared with the hub loader); the
 destination appears only after the complete file matched its checksum (`nola.fileio.move_into_place`). A checksum
 mismatch deletes the `.part` file.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nola.data.sources import RawFile
-from nola.download import download_resumable, part_path
+from nola.resumable import download_resumable, part_path
 from nola.errors import NolaError
 from nola.fileio import (
     FileDigest,

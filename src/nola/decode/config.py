@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from nola.errors import NolaError
+from nola.tokenizer import DOUBLE_NEWLINE_ID, EOS_ID
 
-PAPER_EOS_IDS = (50256, 628)  # <|endoftext|> and "\n\n"
+PAPER_EOS_IDS = (EOS_ID, DOUBLE_NEWLINE_ID)  # <|endoftext|> and "\n\n"
 
 
 @dataclass(frozen=True)

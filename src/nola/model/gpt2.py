@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nola.errors import NolaError
+from nola.tokenizer import EOS_ID
 
 
 @dataclass(frozen=True)
@@ -314,8 +315,8 @@ def hf_config_dict(config: GPT2Config) -> dict:
         "model_type": "gpt2",
         "activation_function": "gelu_new",
         "n_ctx": config.n_positions,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        "bos_token_id": EOS_ID,
+        "eos_token_id": EOS_ID,
         "initializer_range": 0.02,
         **{f: getattr(config, f) for f in GPT2Config.__dataclass_fields__},
     }

@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from nola.download import download_resumable, part_path
+from nola.resumable import download_resumable, part_path
 from nola.errors import NolaError
 from nola.fileio import fsync_path, move_into_place, sha256_file, write_text_atomic
 from nola.model.gpt2 import GPT2Config, hf_config_dict
@@ -76,7 +76,7 @@ def fetch_hub_model(name: str, *, cache_dir: str | Path | None = None, timeout: 
 
 
 def download_verified(url: str, dest: Path, sha256: str | None, *, timeout: float, what: str) -> None:
-    """Download `url` to `dest` (resumable, `nola.download`) and verify its sha256 before renaming.
+    """Download `url` to `dest` (resumable, `nola.resumable`) and verify its sha256 before renaming.
 
     The expected sha256 is the pinned one, else the LFS sha256 the hub states (X-Linked-Etag on the
     redirect to its CDN, or a sha256-looking ETag); with neither the download is refused before its
