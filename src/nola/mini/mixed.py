@@ -28,13 +28,13 @@ from typing import Any
 
 from nola.config import load_config
 from nola.data import Example, load_examples, load_reference_groups
-from nola.data.records import split_path, write_examples
-from nola.data.references import group_references, write_reference_files
+from nola.data.records import split_path
+from nola.data.references import group_references
 from nola.decode.mixed import decode_manifest
 from nola.errors import NolaError
 from nola.fileio import read_json, sha256_file, write_json_atomic, write_text_atomic
 from nola.machine import machine_description
-from nola.mini.reproduction import BASE_DIR, PRETRAIN_RECORD, SUBSET_RECORD
+from nola.mini.reproduction import BASE_DIR, PRETRAIN_RECORD, SUBSET_RECORD, write_subset
 from nola.pipeline import run
 from nola.tables.schema import PAPER_SCALE, headline_bleu
 
@@ -66,11 +66,8 @@ def write_task_subsets(data_dir: Path, target: Path, settings: DemoSettings) -> 
         # a seeded sample in file order (WebNLG's test file lists seen categories first, then unseen)
         groups = [every[i] for i in sorted(rng.sample(range(len(every)), min(settings.test_contexts, len(every))))]
         test = [Example(g.context, ref, g.category, g.seen) for g in groups for ref in g.references]
-        for split, examples in (("train", chosen), ("valid", valid), ("test", test)):
-            write_examples(split_path(target, task, split), examples)
-        write_reference_files(target, task, "valid", group_references(valid))
-        write_reference_files(target, task, "test", groups)
-        write_json_atomic(record, recipe)
+        write_subset(target, task, recipe, {"train": chosen, "valid": valid, "test": test},
+                     {"valid": group_references(valid), "test": groups})
 
 
 def task_overrides(task: str, subsets: Path, base_dir: Path) -> list[str]:

@@ -139,7 +139,7 @@ def _pairs(examples: list[Example]) -> list[Example]:
     return [Example(example.context, example.completion) for example in examples]
 
 
-def _write_subset(target: Path, task: str, recipe: dict[str, Any], splits: dict[str, list[Example]],
+def write_subset(target: Path, task: str, recipe: dict[str, Any], splits: dict[str, list[Example]],
                   groups: dict[str, list[ReferenceGroup]]) -> None:
     """Write a prepared task directory (splits + reference files) unless its recipe is unchanged."""
     record = target / task / SUBSET_RECORD
@@ -169,13 +169,13 @@ def write_subsets(data_dir: Path, pretrain_dir: Path, e2e_dir: Path, settings: M
     pretrain = rng.sample(corpus, settings.pretrain_examples)
     half = settings.valid_examples // 2
     valid = [e for task in ("dart", "webnlg") for e in _pairs(load_examples(data_dir, task, "valid"))[:half]]
-    _write_subset(pretrain_dir, "dart", recipe, {"train": pretrain, "valid": valid, "test": valid}, {})
+    write_subset(pretrain_dir, "dart", recipe, {"train": pretrain, "valid": valid, "test": valid}, {})
     e2e_train = load_examples(data_dir, "e2e", "train")
     adapt = rng.sample(e2e_train, min(settings.adapt_examples, len(e2e_train)))
     e2e_valid = load_examples(data_dir, "e2e", "valid")[: settings.valid_examples]
     test_groups = load_reference_groups(data_dir, "e2e", "test")[: settings.test_contexts]
     test = [Example(group.context, reference) for group in test_groups for reference in group.references]
-    _write_subset(e2e_dir, "e2e", recipe, {"train": adapt, "valid": e2e_valid, "test": test},
+    write_subset(e2e_dir, "e2e", recipe, {"train": adapt, "valid": e2e_valid, "test": test},
                   {"valid": group_references(e2e_valid), "test": test_groups})
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
 
