@@ -122,9 +122,8 @@ def seed_configs(cfg: DictConfig) -> list[Config]:
     Done before typing because settings that follow train.seed by interpolation (adapter.base_seed
     is `${train.seed}` in conf/adapter/*.yaml unless pinned) must follow each seed.
     """
-    typed_config(cfg)  # every check (seeds >= 1 among them) before any seed's copy
-    configs = []
-    for offset in range(int(cfg.seeds)):
+    configs = [typed_config(cfg)]  # the first seed, and every check (seeds >= 1 among them) before any copy
+    for offset in range(1, configs[0].seeds):
         seeded = cfg.copy()
         seeded.train.seed = int(cfg.train.seed) + offset
         configs.append(typed_config(seeded))

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from nola.adapters.checkpoint import WEIGHTS_FILE
 from nola.adapters.config import AdapterConfig
-from nola.build import build_model
+from nola.build import BaseDropout, build_model
 from nola.data import ReferenceGroup, load_reference_groups, reference_files
 from nola.data.config import TaskConfig
 from nola.decode.config import DecodeConfig
@@ -39,12 +39,11 @@ from nola.runtime import broadcast_object, init_distributed, shutdown_distribute
 SEARCH_KEYS = ("beam", "length_penalty", "no_repeat_ngram_size", "repetition_penalty", "max_new_tokens")
 
 
-class DistributedTimeout(Protocol):
-    """What decoding reads of the training section: how long the process group may take to form (and the
-    base's dropout, which a model built for decoding ignores)."""
+class DistributedTimeout(BaseDropout, Protocol):
+    """What decoding reads of the training section: how long the process group may take to form
+    (besides what every model build reads of it)."""
 
     dist_timeout_s: float
-    base_dropout: float
 
 
 class DecodeSections(Protocol):
