@@ -133,3 +133,20 @@ def test_bad_manifests_are_named(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(NolaError, match=re.escape(message)):
         read_manifest(path, tmp_path)
+
+
+def test_a_file_whose_seeds_miss_a_slot_is_refused_naming_the_file(base, saved, tmp_path):
+    import json
+    import shutil
+
+    broken = tmp_path / "nola_a"
+    shutil.copytree(saved / "nola_a", broken)
+    config_path = broken / "adapter_config.json"
+    document = json.loads(config_path.read_text())
+    dropped = sorted(document["seeds"])[0]
+    del document["seeds"][dropped]
+    config_path.write_text(json.dumps(document))
+    bank = AdapterBank(copy.deepcopy(base), base_fingerprint(base))
+    with pytest.raises(NolaError, match=re.escape(f"{config_path}: seeds do not match") + f".*{re.escape(dropped)}"):
+        bank.add("broken", broken)
+    assert "broken" not in bank.adapters

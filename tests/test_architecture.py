@@ -142,3 +142,9 @@ def test_one_place_renames_files():
              for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
              if re.search(r"\bos\.replace\(|\bos\.rename\(|\.rename\(|\.replace\((?:dest|target|final)", line)]
     assert [name for name, _ in sites] == ["nola.fileio"]
+
+
+def test_one_routine_swaps_modules():
+    """Module surgery (a layer replaced by an adapted or routed wrapper) is written once."""
+    sites = [name for name, source in library_sources() if re.search(r"\bsetattr\((?!self\b)", source)]
+    assert sites == ["nola.adapters.targets"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nola.adapters.bases import normal_offset, random_basis, random_offset
+from nola.adapters.bases import random_basis
 from nola.adapters.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -42,8 +42,8 @@ from nola.adapters.checkpoint import (
     read_adapter_tensors,
 )
 from nola.adapters.config import MODULE_PATHS, AdapterConfig
-from nola.adapters.inject import adapted_layers, inject_adapters
-from nola.adapters.layers import LinearWrapper, LoraSlot, NolaSlot
+from nola.adapters.layers import Factors, LinearWrapper, draw_offset, nola_factor, stack_factors
+from nola.adapters.targets import check_saved_seeds, plan_layers, swap_layers, target_paths, tensor_shapes
 from nola.errors import NolaError
 from nola.model import GPT2
 
@@ -52,7 +52,8 @@ DEFAULT_CACHE_BYTES = 256 * 2**20
 
 class UnknownAdapter(NolaError):
     """A name that no loaded adapter has."""
-Factors = tuple[torch.Tensor, torch.Tensor]  # A (R × d_in), scaled B (d_out × R)
+
+# Factors of a layer here: A (R × d_in) and the scaled (α/r)·B (d_out × R).
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,11 @@ class NolaFactors:
         return self.seeds[f"basis_{role}"], coef.numel(), shape[0] * shape[1]
 
     def offset(self, role: str) -> torch.Tensor | None:
-        """A0 (or B0) from its seed, as `NolaSlot.rebuild_offsets` draws it; None for paper's B0 = 0."""
+        """A0 (or B0) from its seed, as a trained slot draws it (`draw_offset`); None for paper's B0 = 0."""
         name, shape = (f"offset_{role}", self.shape_A if role == "A" else self.shape_B)
         if name not in self.seeds:
             return None
-        draw = normal_offset if self.init == "reference" else random_offset
-        return draw(self.seeds[name], *shape)
+        return draw_offset(self.init, self.seeds[name], shape)
 
 
 @dataclass(frozen=True)
@@ -187,15 +187,10 @@ class AdapterBank:
         self._cached_bytes = 0
         self._loads = 0
         self.cache_hits = self.cache_misses = 0  # factor lookups served from the cache / materialised
-        self._skeletons: dict[tuple, GPT2] = {}
         self._lock = threading.RLock()
         self.device = model.transformer.wte.weight.device
         self.dtype = model.transformer.wte.weight.dtype
-        for index, block in enumerate(model.transformer.h):
-            for module_path in MODULE_PATHS.values():
-                parent_path, _, attr = module_path.rpartition(".")
-                parent = block.get_submodule(parent_path)
-                setattr(parent, attr, RoutedLinear(getattr(parent, attr), self.router, f"transformer.h.{index}.{module_path}"))
+        swap_layers(model, target_paths(model, MODULE_PATHS), lambda path, layer: RoutedLinear(layer, self.router, path))
         model.adapter_bank = self
 
     # ----------------------------------------------------------------- loading
@@ -210,25 +205,22 @@ class AdapterBank:
         if config.kind not in ("lora", "nola"):
             raise NolaError(f"{directory / CONFIG_FILE}: a {config.kind!r} adapter cannot be served from a bank; "
                             "the bank holds LoRA and NOLA adapters (full fine-tuning replaces the base)")
-        skeleton = self._skeleton(config)
+        plans = plan_layers(self.model, config)
         weights = directory / WEIGHTS_FILE
-        values = read_adapter_tensors(skeleton, weights, document)
+        values = read_adapter_tensors({name: (torch.float32, shape) for name, shape in tensor_shapes(plans, config).items()},
+                                      weights, document)
+        seeds = check_saved_seeds(document["seeds"], plans, config, str(directory / CONFIG_FILE))
         layers: dict[str, list[BankSlot]] = {}
-        widths = {path: layer.out_features for path, layer in adapted_layers(skeleton)}
-        for layer_path, layer in adapted_layers(skeleton):
-            slots = []
-            for slot_name, slot in layer.adapter.items():
-                prefix = f"{layer_path}.adapter.{slot_name}"
-                rows = layer.rows[slot_name]
-                if isinstance(slot, LoraSlot):
-                    factors = (values[f"{prefix}.lora_A"].float(), values[f"{prefix}.lora_B"].float())
-                    slots.append(BankSlot(rows, lora=factors))
-                elif isinstance(slot, NolaSlot):
-                    seeds = {role: int(seed) for role, seed in document["seeds"][prefix].items()}
-                    slots.append(BankSlot(rows, nola=NolaFactors(
-                        values[f"{prefix}.nola_coef_A"].float(), values[f"{prefix}.nola_coef_B"].float(), seeds,
-                        slot.shape_A, slot.shape_B, slot.init)))
-            layers[layer_path] = slots
+        for plan in plans:
+            if config.kind == "lora":
+                layers[plan.path] = [BankSlot(slot.rows, lora=(values[f"{slot.name}.lora_A"].float(),
+                                                                values[f"{slot.name}.lora_B"].float()))
+                                     for slot in plan.slots]
+            else:
+                layers[plan.path] = [BankSlot(slot.rows, nola=NolaFactors(
+                    values[f"{slot.name}.nola_coef_A"].float(), values[f"{slot.name}.nola_coef_B"].float(),
+                    seeds[slot.name], slot.shape_A, slot.shape_B, config.init)) for slot in plan.slots]
+        widths = {plan.path: plan.out_features for plan in plans}
         digest = adapter_digest(directory)
         if adapter_files_signature(directory) != signature:
             raise IncompleteAdapter(f"{directory}: the adapter's files changed while they were read; "
@@ -254,18 +246,6 @@ class AdapterBank:
                 for key in [key for key, users in self._basis_users.items() if users <= 0]:
                     del self._basis_users[key]
                     self._bases.pop(key, None)
-
-    def _skeleton(self, config: AdapterConfig) -> GPT2:
-        """A meta-device GPT-2 with `config` injected: the names and shapes an adapter file must have."""
-        key = (config.kind, config.rank, tuple(config.targets), tuple(config.modules), config.num_basis_a,
-               config.num_basis_b, config.init)
-        with self._lock:
-            if key not in self._skeletons:
-                with torch.device("meta"):
-                    skeleton = GPT2(self.model.config)
-                    inject_adapters(skeleton, AdapterConfig(**{**config.to_dict(), "cache_bases": False}))
-                self._skeletons[key] = skeleton
-            return self._skeletons[key]
 
     # ------------------------------------------------------------ materialising
     def basis(self, key: tuple[int, int, int]) -> torch.Tensor:
@@ -343,22 +323,16 @@ class AdapterBank:
         factors = {}
         for (index, path, position), parts in mixed.items():
             nola = adapters[index].layers[path][position].nola
-            a = parts["A"].view(nola.shape_A) + nola.offset("A").to(self.device)
-            b = parts["B"].view(nola.shape_B)
-            offset_b = nola.offset("B")
-            factors[(index, path, position)] = (a, b if offset_b is None else b + offset_b.to(self.device))
+            offsets = {role: nola.offset(role) for role in ("A", "B")}
+            factors[(index, path, position)] = tuple(
+                nola_factor(parts[role], shape, None if offsets[role] is None else offsets[role].to(self.device))
+                for role, shape in (("A", nola.shape_A), ("B", nola.shape_B)))
         return factors
 
     def _stack(self, pieces: list[tuple[tuple[int, int], torch.Tensor, torch.Tensor]], scale: float,
                layer_out: int) -> Factors:
-        """One layer's slots as a single pair: A (slots·r × d_in), (α/r)·B zero-padded (d_out × slots·r)."""
-        a = torch.cat([piece_a.float() for _, piece_a, _ in pieces]).to(self.device)
-        b = a.new_zeros(layer_out, a.shape[0])
-        column = 0
-        for (start, stop), piece_a, piece_b in pieces:
-            rank = piece_a.shape[0]
-            b[start:stop, column:column + rank] = piece_b.float().to(self.device) * scale
-            column += rank
+        """One layer's slots as a single pair (`stack_factors`), on the bank's device and dtype."""
+        a, b = stack_factors([(rows, a.to(self.device), b.to(self.device)) for rows, a, b in pieces], layer_out, scale)
         return a.to(self.dtype), b.to(self.dtype)
 
     def _evict(self, name: str) -> None:

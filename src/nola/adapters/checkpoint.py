@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from nola.adapters.inject import (
     nola_seeds,
     nola_slots,
 )
-from nola.adapters.quantize import dequantize_vectors, quantize_coefficients_, quantize_vectors
+from nola.adapters.quantize import dequantize_vectors, packed_length, quantize_coefficients_, quantize_vectors
+from nola.adapters.targets import check_saved_seeds, plan_layers
 from nola.fileio import atomic_path, read_bytes, sha256_file, write_text_atomic
 from nola.errors import NolaError
 from nola.model import GPT2
@@ -202,34 +204,43 @@ def _saved_config(document: dict, config_path: Path) -> AdapterConfig:
         raise NolaError(f"{config_path}: invalid adapter config ({err})") from None
 
 
-def _apply_seeds(model: nn.Module, saved: dict, config_path: Path) -> None:
-    slots = nola_slots(model)
-    if set(saved) != set(slots):
-        missing = sorted(set(slots) - set(saved)) or sorted(set(saved) - set(slots))
-        raise NolaError(f"{config_path}: seeds do not match the model's NOLA matrices (first difference: {missing[0]})")
-    for name, slot in slots.items():
-        try:
-            slot.set_seeds(saved[name])
-        except NolaError as err:
-            raise NolaError(f"{config_path}: seeds of {name}: {err}") from None
-    for name, slot in slots.items():  # a basis shared by several slots can hold one seed only
-        if slot.seeds != {role: int(seed) for role, seed in saved[name].items()}:
-            raise NolaError(f"{config_path}: seeds of {name} conflict with another slot's seeds for their shared basis")
+def _apply_seeds(model: nn.Module, saved: object, config_path: Path) -> None:
+    config = adapter_config_of(model)
+    seeds = check_saved_seeds(saved, plan_layers(model, config), config, str(config_path))
+    for name, slot in nola_slots(model).items():
+        slot.set_seeds(seeds[name])
 
 
 def _copy_tensors(model: nn.Module, path: Path, document: dict[str, Any]) -> None:
-    values = read_adapter_tensors(model, path, document)
+    params = adapter_params(model)
+    values = read_adapter_tensors({name: (param.dtype, tuple(param.shape)) for name, param in params.items()},
+                                  path, document)
     with torch.no_grad():
-        for name, param in adapter_params(model).items():
+        for name, param in params.items():
             param.copy_(values[name])
 
 
-def read_adapter_tensors(model: nn.Module, path: Path, document: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The stored values of `adapter_params(model)` by name, shaped like them (dequantized when the
-    config `document` says the file holds bit-packed NOLA coefficients); strict about names, shapes
-    and finite values, and about the file being the one the config's `weights_sha256` names (files
-    written before that field existed are read without it). `model` may be on the meta device: only
-    its parameter names and shapes are used."""
+TensorSpecs = dict[str, tuple[torch.dtype, tuple[int, ...]]]
+
+
+def stored_specs(trainable: TensorSpecs, bits: int | None) -> TensorSpecs:
+    """(dtype, shape) of every tensor the adapter file holds for trainable tensors of these (dtype,
+    shape) (in `adapter_params` order): themselves, or with `bits` the three tensors of
+    `quantize_vectors` (bit-packed levels, one min and one step per vector). What `adapter_tensors` writes."""
+    if bits is None:
+        return dict(trainable)
+    counts = [math.prod(shape) for _, shape in trainable.values()]
+    return {f"{QUANTIZED_PREFIX}.packed": (torch.uint8, (sum(packed_length(count, bits) for count in counts),)),
+            f"{QUANTIZED_PREFIX}.min": (torch.float32, (len(counts),)),
+            f"{QUANTIZED_PREFIX}.step": (torch.float32, (len(counts),))}
+
+
+def read_adapter_tensors(trainable: TensorSpecs, path: Path, document: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The stored values of the trainable tensors `trainable` names (in `adapter_params` order), shaped
+    like them (dequantized when the config `document` says the file holds bit-packed NOLA
+    coefficients); strict about names, shapes and finite values, and about the file being the one the
+    config's `weights_sha256` names (files written before that field existed are read without it).
+    Their (dtype, shape) come from the adapter's schema (`nola.adapters.targets`) or a model's parameters."""
     bits = document["coefficient_bits"]
     data = read_bytes(path, missing=IncompleteAdapter, hint="not found; the adapter directory is incomplete")
     try:
@@ -240,7 +251,7 @@ def read_adapter_tensors(model: nn.Module, path: Path, document: dict[str, Any])
     if want_sha256 is not None and hashlib.sha256(data).hexdigest() != want_sha256:
         raise IncompleteAdapter(f"{path} is not the file its {CONFIG_FILE} names (weights_sha256 differs): "
                                 "the adapter is being replaced or was copied in part")
-    expected = adapter_tensors(model, bits)
+    expected = stored_specs(trainable, bits)
     missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     if missing:
         raise NolaError(
@@ -248,22 +259,23 @@ def read_adapter_tensors(model: nn.Module, path: Path, document: dict[str, Any])
         )
     if unexpected:
         raise NolaError(f"{path}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} unexpected)")
-    for name, want in expected.items():
-        if stored[name].shape != want.shape or (bits is not None and stored[name].dtype != want.dtype):
+    for name, (dtype, shape) in expected.items():
+        # a float file may hold another float dtype (cast on copy); packed files hold exactly theirs
+        wrong_dtype = stored[name].dtype != dtype if bits is not None else not stored[name].is_floating_point()
+        if tuple(stored[name].shape) != shape or wrong_dtype:
             raise NolaError(
                 f"{path}: tensor {name!r} is {stored[name].dtype} {tuple(stored[name].shape)}; this model needs "
-                f"{want.dtype} {tuple(want.shape)} (a coefficient vector of the wrong length, or another config)"
+                f"{dtype} {shape} (a coefficient vector of the wrong length, or another config)"
             )
-    params = adapter_params(model)
     if bits is None:
-        values = [stored[name] for name in params]
+        values = [stored[name] for name in trainable]
     else:
         parts = {key.removeprefix(QUANTIZED_PREFIX + "."): value for key, value in stored.items()}
-        values = dequantize_vectors(parts, bits, [param.numel() for param in params.values()])
-    for name, value in zip(params, values):
+        values = dequantize_vectors(parts, bits, [math.prod(shape) for _, shape in trainable.values()])
+    for name, value in zip(trainable, values):
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise NolaError(f"{path}: tensor {name!r} holds NaN or infinite values; the adapter is corrupt")
-    return {name: value.reshape(param.shape) for (name, param), value in zip(params.items(), values)}
+    return {name: value.reshape(shape) for (name, (_, shape)), value in zip(trainable.items(), values)}
 
 
 def adapter_files_signature(directory: str | Path) -> tuple | None:
@@ -312,5 +324,5 @@ def safetensors_file_bytes(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]
 
 def adapter_file_bytes(model: nn.Module, quant_bits: int | None = None) -> int:
     """Size of the `adapter.safetensors` that save_adapter writes for `model`; works on the meta device."""
-    specs = {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in adapter_tensors(model, quant_bits).items()}
-    return safetensors_file_bytes(specs)
+    trainable = {name: (param.dtype, tuple(param.shape)) for name, param in adapter_params(model).items()}
+    return safetensors_file_bytes(stored_specs(trainable, quant_bits))

@@ -1,9 +1,10 @@
 """Put adapters into a GPT-2, decide what trains, and merge them for inference.
 
-`inject_adapters` replaces the configured projections of every block with `AdaptedLinear` and records
-the config in the model's declared hook (`GPT2.adapter_config`). Every frozen NOLA matrix gets its own seed, derived
-from `adapter.base_seed` and its name; with adapter.init=reference the bases are named without the
-layer, so one `FrozenBasis` per adapted slot kind (q-A, q-B, v-A, v-B, ...) serves every layer. `adapter_params` is the one place that says which
+`inject_adapters` replaces the layers of the config's schema (`nola.adapters.targets.plan_layers`)
+with `AdaptedLinear` and records the config in the model's declared hook (`GPT2.adapter_config`).
+Every frozen NOLA matrix gets its own seed, derived from `adapter.base_seed` and its name; with
+adapter.init=reference the bases are named without the layer, so one `FrozenBasis` per adapted slot
+kind (q-A, q-B, v-A, v-B, ...) serves every layer. `adapter_params` is the one place that says which
 tensors train and are saved: the parameters of the adapter slots (LoRA, NOLA), every weight (full),
 or none — found by module type, not by matching names (as torchtune's `get_adapter_params`).
 """
@@ -16,9 +17,9 @@ from typing import Any
 
 from torch import nn
 
-from nola.adapters.bases import derive_seed
-from nola.adapters.config import MODULE_PATHS, AdapterConfig, as_adapter_config
-from nola.adapters.layers import OFFSET_ROLES, AdaptedLinear, FrozenBasis, LoraSlot, NolaSlot
+from nola.adapters.config import AdapterConfig, as_adapter_config
+from nola.adapters.layers import AdaptedLinear, FrozenBasis, LoraSlot, NolaSlot
+from nola.adapters.targets import OFFSET_ROLES, SlotPlan, plan_layers, swap_layers
 from nola.errors import NolaError
 from nola.model.gpt2 import GPT2
 
@@ -29,13 +30,18 @@ def inject_adapters(model: GPT2, config: AdapterConfig | Any) -> None:
     if model.adapter_config is not None and model.adapter_config.kind != "none":
         raise NolaError("the model already has adapters; build a fresh model to inject another configuration")
     if config.kind in ("lora", "nola"):
+        plans = {plan.path: plan for plan in plan_layers(model, config)}
         shared: dict[str, FrozenBasis] = {}
-        for index, block in enumerate(model.transformer.h):
-            for module in config.modules:
-                parent_path, _, attr = MODULE_PATHS[module].rpartition(".")
-                parent = block.get_submodule(parent_path)
-                name = f"transformer.h.{index}.{MODULE_PATHS[module]}"
-                setattr(parent, attr, _adapt(getattr(parent, attr), name, module, config, shared))
+
+        def adapt(path: str, base: nn.Module) -> AdaptedLinear:
+            if not isinstance(base, nn.Linear):
+                raise NolaError(f"{path} is a {type(base).__name__}, not a plain nn.Linear; cannot adapt it")
+            plan = plans[path]
+            slots = {slot.short_name: _make_slot(base, slot, config, shared) for slot in plan.slots}
+            rows = {slot.short_name: slot.rows for slot in plan.slots}
+            return AdaptedLinear(base, slots, rows, rank=config.rank, scale=config.scale, dropout=config.dropout)
+
+        swap_layers(model, plans, adapt)
         _check_distinct_seeds(model)
     for param in model.parameters():
         param.requires_grad_(config.kind == "full")
@@ -44,53 +50,22 @@ def inject_adapters(model: GPT2, config: AdapterConfig | Any) -> None:
         param.requires_grad_(True)
 
 
-def _adapt(base: nn.Module, name: str, module: str, config: AdapterConfig, shared: dict[str, FrozenBasis]) -> AdaptedLinear:
-    if not isinstance(base, nn.Linear):
-        raise NolaError(f"{name} is a {type(base).__name__}, not a plain nn.Linear; cannot adapt it")
-    slot_names = config.slots(module)
-    if module == "c_attn":
-        width = base.out_features // 3
-        rows = {slot: ("qkv".index(slot) * width, ("qkv".index(slot) + 1) * width) for slot in slot_names}
-    else:
-        rows = {"w": (0, base.out_features)}
-    slots = {
-        slot: _make_slot(base, f"{name}.adapter.{slot}", f"{MODULE_PATHS[module]}.adapter.{slot}", stop - start, config,
-                         shared)
-        for slot, (start, stop) in rows.items()
-    }
-    return AdaptedLinear(base, slots, rows, rank=config.rank, scale=config.scale, dropout=config.dropout)
-
-
-def _make_slot(base: nn.Linear, name: str, kind_name: str, out_features: int, config: AdapterConfig,
-               shared: dict[str, FrozenBasis]) -> nn.Module:
-    """One slot; `kind_name` names the slot without its layer (the key of bases shared across layers)."""
-    d_in, rank = base.in_features, config.rank
-    if rank > min(d_in, out_features):
-        raise NolaError(f"adapter.rank={rank} exceeds the size of {name} ({out_features} × {d_in})")
+def _make_slot(base: nn.Linear, slot: SlotPlan, config: AdapterConfig, shared: dict[str, FrozenBasis]) -> nn.Module:
+    """The trainable slot of `slot`'s plan; with init=reference, bases of the same layer-free name are
+    one `FrozenBasis` (held in `shared`)."""
     place = dict(device=base.weight.device, dtype=base.weight.dtype)
+    seeds = slot.derived_seeds(config)
     if config.kind == "lora":
-        return LoraSlot(d_in, out_features, rank, init_seed=derive_seed(config.base_seed, name, "lora_A"), **place)
-    sizes = {"basis_A": (config.num_basis_a, rank * d_in), "basis_B": (config.num_basis_b, out_features * rank)}
-    for (role, (count, entries)), key in zip(sizes.items(), ("num_basis_a", "num_basis_b")):
-        if count > entries:
-            raise NolaError(
-                f"adapter.{key}={count} is more bases than {name}'s {role[-1]} has entries ({entries}); "
-                "NOLA compresses only with fewer"
-            )
+        return LoraSlot(slot.in_features, slot.shape_B[0], slot.rank, init_seed=seeds["lora_A"], **place)
     frozen = {}
-    for role, (count, numel) in sizes.items():
-        if config.init == "reference":
-            key = f"{kind_name}.{role}"
-            if key not in shared:
-                shared[key] = FrozenBasis(derive_seed(config.base_seed, kind_name, role), count, numel,
-                                          cache=config.cache_bases, **place)
-            frozen[role] = shared[key]
-        else:
-            frozen[role] = FrozenBasis(derive_seed(config.base_seed, name, role), count, numel,
-                                       cache=config.cache_bases, **place)
-    offset_seeds = {role: derive_seed(config.base_seed, name, role) for role in OFFSET_ROLES[config.init]}
-    return NolaSlot(d_in, out_features, rank, frozen_A=frozen["basis_A"], frozen_B=frozen["basis_B"],
-                    offset_seeds=offset_seeds, init=config.init, **place)
+    for role, (count, numel) in slot.basis_sizes(config).items():
+        key = f"{slot.basis_owner(config)}.{role}"
+        if key not in shared:
+            shared[key] = FrozenBasis(seeds[role], count, numel, cache=config.cache_bases, **place)
+        frozen[role] = shared[key]
+    offset_seeds = {role: seeds[role] for role in OFFSET_ROLES[config.init]}
+    return NolaSlot(slot.in_features, slot.shape_B[0], slot.rank, frozen_A=frozen["basis_A"],
+                    frozen_B=frozen["basis_B"], offset_seeds=offset_seeds, init=config.init, **place)
 
 
 def _check_distinct_seeds(model: nn.Module) -> None:

@@ -19,15 +19,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from nola.adapters.bases import mix, normal_offset, random_basis, random_offset
+from nola.adapters.targets import OFFSET_ROLES, nola_seed_roles
 from nola.errors import NolaError
 
-BASIS_ROLES = ("basis_A", "basis_B")
-OFFSET_ROLES = {"reference": ("offset_A", "offset_B"), "paper": ("offset_A",)}  # paper: B0 = 0
+Factors = tuple[torch.Tensor, torch.Tensor]
 
 
-def nola_seed_roles(init: str) -> tuple[str, ...]:
-    """The frozen matrices of a NOLA slot with this `adapter.init`, each with a recorded seed."""
-    return OFFSET_ROLES[init] + BASIS_ROLES
+def draw_offset(init: str, seed: int, shape: tuple[int, int]) -> torch.Tensor:
+    """NOLA's frozen A0 or B0 from its seed, float32 on CPU: N(0, 0.02) as the reference code leaves
+    it (init=reference), LoRA's kaiming-uniform as the paper writes it (init=paper; its B0 is 0)."""
+    draw = normal_offset if init == "reference" else random_offset
+    return draw(seed, *shape)
+
+
+def nola_factor(mixed: torch.Tensor, shape: tuple[int, int], offset: torch.Tensor | None) -> torch.Tensor:
+    """A = A0 + reshape(Σᵢ αᵢAᵢ) (or B likewise) from the mixed bases; offset None: paper's B0 = 0.
+    Used by a trained slot (`NolaSlot.factors`) and by the bank for any number of loaded adapters."""
+    part = mixed.view(shape)
+    return part if offset is None else offset + part
+
+
+def stack_factors(pieces: list[tuple[tuple[int, int], torch.Tensor, torch.Tensor]], out_features: int,
+                  scale: float = 1.0) -> Factors:
+    """A fused layer's slots (rows, A, B) as one LoRA pair in float32: A (slots·r × d_in) and scale·B
+    zero-padded to (d_out × slots·r), so B·A equals the slots' B·A placed in their rows (peft's
+    view of a fused layer; the bank's routed factors with scale = α/r)."""
+    stacked_a = torch.cat([a.float() for _, a, _ in pieces])
+    stacked_b = stacked_a.new_zeros(out_features, stacked_a.shape[0])
+    column = 0
+    for (start, stop), a, b in pieces:
+        stacked_b[start:stop, column:column + a.shape[0]] = b.float() * scale
+        column += a.shape[0]
+    return stacked_a, stacked_b
 
 
 class LoraSlot(nn.Module):
@@ -137,10 +160,10 @@ class NolaSlot(nn.Module):
         if self.offset_A.is_meta:
             return
         like = self.offset_A
-        draw = normal_offset if self.init == "reference" else random_offset
-        self.offset_A = draw(self.offset_seeds["offset_A"], *self.shape_A).to(like.device, like.dtype)
+        self.offset_A = draw_offset(self.init, self.offset_seeds["offset_A"], self.shape_A).to(like.device, like.dtype)
         if self.offset_B is not None:
-            self.offset_B = draw(self.offset_seeds["offset_B"], *self.shape_B).to(like.device, like.dtype)
+            offset_b = draw_offset(self.init, self.offset_seeds["offset_B"], self.shape_B)
+            self.offset_B = offset_b.to(like.device, like.dtype)
 
     def set_seeds(self, seeds: dict[str, int]) -> None:
         """Take recorded seeds (an adapter file's); the roles must be those of this slot's init."""
@@ -165,9 +188,8 @@ class NolaSlot(nn.Module):
         return self
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.offset_A + self.frozen_A.mix(self.nola_coef_A).view(self.shape_A)
-        b = self.frozen_B.mix(self.nola_coef_B).view(self.shape_B)
-        return a, (b if self.offset_B is None else self.offset_B + b)
+        return (nola_factor(self.frozen_A.mix(self.nola_coef_A), self.shape_A, self.offset_A),
+                nola_factor(self.frozen_B.mix(self.nola_coef_B), self.shape_B, self.offset_B))
 
 
 class LinearWrapper(nn.Module):
@@ -251,12 +273,8 @@ class AdaptedLinear(LinearWrapper):
 
         B·A·(α/r) equals the sum of the slots' ΔW placed in their rows (peft's view of a fused layer).
         """
-        factors = [tuple(t.detach().float() for t in slot.factors()) for slot in self.adapter.values()]
-        stacked_a = torch.cat([a for a, _ in factors])
-        stacked_b = stacked_a.new_zeros(self.out_features, stacked_a.shape[0])
-        for index, ((start, stop), (_, b)) in enumerate(zip(self.rows.values(), factors)):
-            stacked_b[start:stop, index * self.rank : (index + 1) * self.rank] = b
-        return stacked_a, stacked_b
+        pieces = [(rows, *(t.detach() for t in slot.factors())) for rows, slot in zip(self.rows.values(), self.adapter.values())]
+        return stack_factors(pieces, self.out_features)
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
