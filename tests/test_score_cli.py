@@ -12,7 +12,8 @@ import pytest
 
 import nola.metrics.java
 import nola.score
-from nola.score import SCALES, main
+from nola.score import main
+from nola.tasks import get_task
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scoring"
 OFFICIAL = json.loads((FIXTURES / "official_scores.json").read_text(encoding="utf-8"))
@@ -57,7 +58,7 @@ def test_e2e_with_an_empty_hypothesis_matches_measure_scores(capsys, tmp_path):
     official = OFFICIAL["e2e_example_line3_empty"]
     assert list(scores) == ["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"]
     assert scores == pytest.approx(official, abs=1e-9)
-    assert json.loads(out.read_text(encoding="utf-8")) == {"scale": SCALES["e2e"], **scores}
+    assert json.loads(out.read_text(encoding="utf-8")) == {"scale": get_task("e2e").scale, **scores}
 
 
 @requires_java

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from nola.metrics import bleu_segments
+from nola.tasks import bleu_segments
 from nola.metrics.bleu_nist import e2e_bleu, multi_bleu_detok
 from nola.metrics.tokenize import mteval_13a, mteval_13a_perl
 from nola.data.references import gem_tokenize

@@ -37,13 +37,12 @@ from nola.errors import NolaError
 from nola.fileio import ensure_writable_dir, json_sha256, read_json, write_json_atomic
 from nola.layout import RunLayout
 from nola.machine import machine_description
-from nola.metrics import bleu_segments
 from nola.adapters.count import count_adapter
 from nola.runtime import read_environment
 from nola.stats import bootstrap_record, record_bleu
 from nola.tables import validate_result
 from nola.tables.results import RESULTS_SCHEMA
-from nola.tasks import score_groups
+from nola.tasks import bleu_segments, score_groups
 from nola.training.config import TrainConfig
 from nola.training.job import resume_record, train
 

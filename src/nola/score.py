@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nola.errors import NolaError, exit_on_user_error
 from nola.fileio import ensure_writable_dir, read_bytes, write_json_atomic
-from nola.tasks import SCALES, score_task
+from nola.tasks import REGISTRY, get_task, score_task
 
 CATEGORY_VALUES = {"seen": True, "unseen": False}
 WARNING_LINES_SHOWN = 5
@@ -103,9 +103,9 @@ def read_categories(path: Path, expected: int) -> list[bool]:
 
 def score_files(task: str, refs: Sequence[Path], hyps: Path, categories: Path | None = None) -> dict:
     """Read the files of one task and score them (the CLI without printing)."""
-    if categories is not None and task != "webnlg":
+    if categories is not None and not get_task(task).data.categories:
         raise NolaError("--categories applies to --task webnlg only")
-    if task == "e2e":
+    if get_task(task).data.multi_reference:
         if len(refs) != 1:
             raise NolaError(f"--task e2e takes one --refs file (multi-reference format), got {len(refs)}")
         references = read_e2e_references(refs[0])
@@ -121,7 +121,7 @@ def score_files(task: str, refs: Sequence[Path], hyps: Path, categories: Path | 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nola.score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=tuple(SCALES))
+    parser.add_argument("--task", required=True, choices=tuple(REGISTRY))
     parser.add_argument("--refs", required=True, nargs="+", type=Path,
                         help="e2e: the multi-reference file; webnlg/dart: reference0 ... reference5")
     parser.add_argument("--hyps", required=True, type=Path, help="one hypothesis per line")
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.out is not None:
         ensure_writable_dir(args.out.parent if str(args.out.parent) else Path("."), what="--out")
-    scores = {"scale": SCALES[args.task], **score_files(args.task, args.refs, args.hyps, args.categories)}
+    scores = {"scale": get_task(args.task).scale, **score_files(args.task, args.refs, args.hyps, args.categories)}
     if args.out is not None:
         write_json_atomic(args.out, scores)
     print(json.dumps(scores, indent=2))

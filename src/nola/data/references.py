@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nola.data.config import check_split, check_task_name
+from nola.data.tasks import task_spec
 from nola.fileio import expect_type, json_field, read_jsonl, render_lines, write_text_atomic
 from nola.data.records import Example, read_category
 from nola.errors import NolaError
 
 GEM_NUM_REFS = 6  # LoRA examples/NLG README: gpt2_decode.py --ref_num 6 for WebNLG and DART
-MULTI_REF_TASKS = ("e2e",)
-CATEGORY_TASKS = ("webnlg",)
 SUBSETS = ("seen", "unseen")
 EVAL_SPLITS = ("valid", "test")
 NON_WORD = re.compile(r"(\W)")
@@ -119,9 +118,10 @@ def planned_reference_files(data_dir: str | Path, task: str, split: str) -> Refe
         groups=task_dir / f"{split}_references.jsonl",
         contexts=task_dir / f"{split}_contexts.txt",
     )
-    if task in MULTI_REF_TASKS:
+    spec = task_spec(task)
+    if spec.multi_reference:
         return ReferenceFiles(**common, multi_ref=task_dir / f"{split}_refs.txt")
-    if task not in CATEGORY_TASKS:
+    if not spec.categories:
         return ReferenceFiles(**common, references=_reference_paths(_refs_dir(task_dir, split)))
     return ReferenceFiles(
         **common,

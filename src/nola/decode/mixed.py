@@ -35,11 +35,9 @@ from nola.decode.hypotheses import decode_split, write_hypotheses
 from nola.decode.stage import DecodeSections
 from nola.errors import NolaError
 from nola.fileio import ensure_writable_dir, write_json_atomic
-from nola.metrics import bleu_segments
 from nola.runtime import pick_device, read_environment
 from nola.stats import bootstrap_record
-from nola.tables.schema import TASKS
-from nola.tasks import score_groups
+from nola.tasks import REGISTRY, TABLE_ORDER, bleu_segments, score_groups
 
 SCORES_NAME = "scores.json"
 ENTRY_KEYS = {"name", "task", "split", "adapter_dir", "data_dir"}
@@ -77,8 +75,8 @@ def read_manifest(path: str | Path, default_data_dir: str | Path) -> list[Manife
         name, task, split = item.get("name"), item.get("task"), item.get("split", "test")
         if not isinstance(name, str) or not name or "/" in name or name in names:
             raise NolaError(f"{where}: key 'name' must be a unique non-empty name without '/', got {name!r}")
-        if task not in TASKS:
-            raise NolaError(f"{where}: key 'task' is {task!r}; use one of {', '.join(TASKS)}")
+        if task not in REGISTRY:
+            raise NolaError(f"{where}: key 'task' is {task!r}; use one of {', '.join(TABLE_ORDER)}")
         if split not in EVAL_SPLITS:
             raise NolaError(f"{where}: key 'split' is {split!r}; use one of {', '.join(EVAL_SPLITS)}")
         adapter = item.get("adapter_dir")

@@ -36,9 +36,9 @@ from nola.fileio import read_json, sha256_file, write_json_atomic, write_text_at
 from nola.machine import machine_description
 from nola.mini.reproduction import BASE_DIR, PRETRAIN_RECORD, SUBSET_RECORD, write_subset
 from nola.pipeline import run
-from nola.tables.schema import PAPER_SCALE, headline_bleu
+from nola.tables.schema import headline_bleu
+from nola.tasks import REGISTRY, get_task
 
-TASKS = ("e2e", "webnlg", "dart")
 RECIPE = "mini/nola_k32"
 
 
@@ -53,7 +53,7 @@ class DemoSettings:
 def write_task_subsets(data_dir: Path, target: Path, settings: DemoSettings) -> None:
     """Each task's subsets under `target/<task>/` (rewritten only when the recipe changed)."""
     rng = random.Random(settings.seed)
-    for task in TASKS:
+    for task in REGISTRY:
         recipe = {"settings": asdict(settings), "source": sha256_file(split_path(data_dir, task, "train")),
                   "test": "seeded sample of reference groups, in file order"}
         record = target / task / SUBSET_RECORD
@@ -85,18 +85,18 @@ def run_demo(settings: DemoSettings, overrides: list[str], out: Path) -> dict[st
     write_task_subsets(Path(probe.paths.data_dir), subsets, settings)
     runs = Path(probe.paths.runs_dir) / "mini_mixed"
     single: dict[str, dict[str, Any]] = {}
-    for task in TASKS:
+    for task in REGISTRY:
         cfg = load_config([*task_overrides(task, subsets, base_dir), *overrides])
         single[task] = run(cfg, runs / task, experiment=RECIPE, tag=f"mini_mixed/{task}")
     manifest = runs / "manifest.json"
     write_json_atomic(manifest, [{"name": task, "task": task, "split": "test", "data_dir": str(subsets),
                                   "adapter_dir": single[task]["selection"]["adapter_dir"]
                                   if single[task].get("selection") else str(runs / task / "adapter")}
-                                 for task in TASKS])
+                                 for task in REGISTRY])
     mixed_cfg = load_config([*task_overrides("e2e", subsets, base_dir), *overrides, f"decode.manifest={manifest}"])
     mixed = decode_manifest(mixed_cfg, runs / "mixed")
     rows = []
-    for task in TASKS:
+    for task in REGISTRY:
         same = (runs / "mixed" / task / "test_hypotheses.txt").read_bytes() == \
             (runs / task / "test_hypotheses.txt").read_bytes()
         rows.append({"task": task, "identical": same, "contexts": single[task]["contexts"],
@@ -111,7 +111,7 @@ def run_demo(settings: DemoSettings, overrides: list[str], out: Path) -> dict[st
 
 def _bleu(task: str, metrics: dict) -> float:
     """The task's BLEU on the papers' scale (E2E x100)."""
-    return headline_bleu(task, metrics) * PAPER_SCALE[task]["BLEU"]
+    return headline_bleu(task, metrics) * get_task(task).paper_scale["BLEU"]
 
 
 def render(report: dict[str, Any]) -> str:

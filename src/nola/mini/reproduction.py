@@ -54,8 +54,9 @@ from nola.pipeline import run, train_stage
 from nola.runtime import pick_device
 from nola.tables import build_tables, plot_params_vs_bleu
 from nola.tables.groups import RunGroup, group_runs
-from nola.tables.render import LAYOUTS, our_row
-from nola.tables.schema import BLEU_KEY, PAPER_SCALE, headline_bleu, metric_name
+from nola.tables.render import our_row
+from nola.tables.schema import headline_bleu, metric_name
+from nola.tasks import get_task
 
 METHODS = ("ft", "lora", "lora_r1", "nola_k32", "nola_k16")
 BASE_RUN = "base"
@@ -261,8 +262,8 @@ def adapt_and_score(overrides: list[str], base_dir: Path, data_key: str, methods
 def _printed(group: RunGroup) -> dict[str, float]:
     """A row's metric means as the table prints them (papers' scale and decimals)."""
     spreads = group.spreads()
-    return {c.key: round(spreads[c.key].mean * PAPER_SCALE[group.task][metric_name(c.key)], c.decimals)
-            for c in LAYOUTS[group.task][1]}
+    task = get_task(group.task)
+    return {c.key: round(spreads[c.key].mean * task.paper_factor(c.key), c.decimals) for c in task.columns}
 
 
 def comparison(results: list[dict[str, Any]]) -> list[str]:
@@ -275,7 +276,7 @@ def comparison(results: list[dict[str, Any]]) -> list[str]:
     groups = group_runs(results)
     base = next(g for g in groups if g.first["adapter"]["kind"] == "none")
     floor = _printed(base)
-    bleu_key = BLEU_KEY[base.task]
+    bleu_key = get_task(base.task).bleu_key
     lines = []
     for group in groups:
         if group is base:
@@ -371,7 +372,7 @@ def _epoch_text(selection: dict[str, Any] | None) -> str:
 
 
 def _run_bleu(result: dict[str, Any]) -> str:
-    scale = PAPER_SCALE[result["task"]]["BLEU"]
+    scale = get_task(result["task"]).paper_scale["BLEU"]
     bleu = headline_bleu(result["task"], result["metrics"])
     interval = result.get("bleu_interval")
     if not interval:

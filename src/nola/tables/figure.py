@@ -25,9 +25,9 @@ from nola.tables.published import Published
 from nola.tables.groups import group_runs
 from nola.tables.render import INCOMPLETE_MARK, our_row
 from nola.tables.results import validate_results
-from nola.tables.schema import BLEU_KEY, PAPER_SCALE, TASKS, model_label
+from nola.tables.schema import model_label
+from nola.tasks import TABLE_ORDER, get_task
 
-TASK_TITLES = {"e2e": "E2E", "dart": "DART", "webnlg": "WebNLG (all categories)"}
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray")
 
 
@@ -47,17 +47,17 @@ def _label(method: str, params: str) -> str:
 
 def _points(results: list[dict[str, Any]], published: Published | None) -> dict[str, list[Point]]:
     """task -> points for every row that has both a parameter count and BLEU."""
-    points: dict[str, list[Point]] = {task: [] for task in TASKS}
+    points: dict[str, list[Point]] = {task: [] for task in TABLE_ORDER}
     for row in published.rows if published else ():
-        bleu = row.metrics.get(BLEU_KEY[row.task])
+        bleu = row.metrics.get(get_task(row.task).bleu_key)
         if bleu is not None:
-            spread = row.plus_minus.get(BLEU_KEY[row.task])
+            spread = row.plus_minus.get(get_task(row.task).bleu_key)
             points[row.task].append(Point(row.model, False, row.trainable_params, bleu,
                                           (spread, spread) if spread is not None else None,
                                           _label(row.method, row.params_text)))
     for group in group_runs(results):
         row = our_row(group)
-        bleu = row.metrics.get(BLEU_KEY[group.task])
+        bleu = row.metrics.get(get_task(group.task).bleu_key)
         if group.first["trainable_params"] > 0 and bleu is not None:
             error = (bleu - row.interval[0], row.interval[1] - bleu) if row.interval else None
             points[group.task].append(Point(group.first["model"], True, group.first["trainable_params"], bleu, error,
@@ -70,7 +70,8 @@ def _frozen_bases(results: list[dict[str, Any]]) -> dict[str, list[tuple[str, fl
     floors: dict[str, list[tuple[str, float]]] = {}
     for group in group_runs(results):
         if group.first["trainable_params"] == 0:
-            score = group.spreads()[BLEU_KEY[group.task]].mean * PAPER_SCALE[group.task]["BLEU"]
+            task = get_task(group.task)
+            score = group.spreads()[task.bleu_key].mean * task.paper_scale["BLEU"]
             floors.setdefault(group.task, []).append((group.first["model"], score))
     return floors
 
@@ -131,7 +132,7 @@ def plot_params_vs_bleu(results: list[dict[str, Any]], published: Published | No
             axes.set_xscale("log")
             axes.set_xlabel("trainable parameters")
             axes.set_ylabel("BLEU")
-            axes.set_title(TASK_TITLES[task])
+            axes.set_title(get_task(task).figure_title)
             axes.grid(True, which="major", alpha=0.3)
         handles = [Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="black", label="published"),
                    Line2D([], [], marker="*", linestyle="", markersize=11, color="black", label="ours")]

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from nola.errors import NolaError
-from nola.tables.schema import check_number, check_task, dotted_get, flatten_metrics
+from nola.tables.schema import check_number, dotted_get, flatten_metrics
+from nola.tasks import check_task, get_task
 
 PUBLISHED_SCHEMA = 1
 DEFAULT_PUBLISHED = Path(__file__).resolve().parents[3] / "eval" / "published.json"
@@ -87,7 +88,7 @@ def _plus_minus(task: str, spread: Any, metrics: dict[str, float | None], where:
     shape_error = NolaError(f"{where}: key 'plus_minus' must be an object shaped like 'metrics'")
     if not isinstance(spread, dict):
         raise shape_error
-    if task == "webnlg":
+    if get_task(task).groups:
         if not all(isinstance(group, dict) for group in spread.values()):
             raise shape_error
         spread = {f"{split}.{name}": value for split, group in spread.items() for name, value in group.items()}
@@ -103,7 +104,7 @@ def _row(entry: Any, index: int, papers: dict[str, Paper], origin: str) -> Publi
     where = f"{origin}: rows[{index}]"
     if not isinstance(entry, dict):
         raise NolaError(f"{where} must be an object")
-    task = check_task(entry.get("task"), where)
+    task = check_task(entry.get("task"), where).name
     params = entry.get("trainable_params")
     if isinstance(params, bool) or not isinstance(params, int) or params <= 0:
         raise NolaError(f"{where}: key 'trainable_params' must be a positive integer")

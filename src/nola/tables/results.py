@@ -14,28 +14,27 @@ from typing import Any
 
 from nola.errors import NolaError
 from nola.layout import RESULTS_NAME
-from nola.tables.schema import check_task, flatten_metrics, metric_name
+from nola.tables.schema import flatten_metrics, metric_name
+from nola.tasks import check_task, get_task
 
 RESULTS_SCHEMA = 1
 ANY_SPLIT = "any"
 
-# Official-tool ranges (schema.py): E2E fractions; GenerationEval BLEU 0-100, METEOR a fraction.
-FRACTION_METRICS = {"e2e": {"BLEU", "METEOR", "ROUGE_L"}, "dart": {"METEOR"}, "webnlg": {"METEOR"}}
-PERCENT_METRICS = {"e2e": set(), "dart": {"BLEU"}, "webnlg": {"BLEU"}}
-
-
 def _check_scales(task: str, metrics: dict[str, float | None], origin: str) -> None:
+    """Official-tool ranges (`Task.fractions`, `Task.percents`): E2E fractions; GenerationEval BLEU
+    0-100, METEOR a fraction."""
+    spec = get_task(task)
     for key, value in metrics.items():
         name = metric_name(key)
         assert value is not None  # results.json metrics are never null (flatten_metrics, allow_null=False)
         if value < 0:
             raise NolaError(f"{origin}: metric 'metrics.{key}' is {value}; metrics are never negative")
-        if name in FRACTION_METRICS[task] and value > 1:
+        if name in spec.fractions and value > 1:
             raise NolaError(
                 f"{origin}: metric 'metrics.{key}' is {value}, but {task} results.json stores {name} as a "
                 f"fraction as the official scorer prints it (BLEU 0.70, not 70.4); see eval/README.md"
             )
-        if name in PERCENT_METRICS[task] and value > 100:
+        if name in spec.percents and value > 100:
             raise NolaError(f"{origin}: metric 'metrics.{key}' is {value}; {task} BLEU is on the 0-100 scale")
 
 
@@ -48,7 +47,7 @@ def validate_result(record: Any, origin: str) -> dict[str, Any]:
             f"{origin}: key 'schema' is {record.get('schema')!r}, this version reads schema {RESULTS_SCHEMA}; "
             "re-score the run with this version to rewrite it"
         )
-    task = check_task(record.get("task"), origin)
+    task = check_task(record.get("task"), origin).name
     for key in ("model", "split"):
         if not isinstance(record.get(key), str) or not record[key]:
             raise NolaError(f"{origin}: key '{key}' must be a non-empty string")

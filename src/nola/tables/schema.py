@@ -1,11 +1,8 @@
-"""What the tables know about tasks, metrics and scales, shared by published rows and our results.
+"""The checks and lookups shared by published rows and our results: metrics objects of a task's
+shape (its metrics and groups, from the task registry `nola.tasks`), numbers, model labels.
 
-Scales (eval/README.md): results.json holds each metric as the official tool prints it. E2E metrics
-come from e2e-metrics' `measure_scores.py`, which prints BLEU, METEOR and ROUGE-L as fractions
-(BLEU 0.6593); the papers print them x100 (LoRA Table 3, NOLA Table 1: BLEU 70.4). WebNLG/DART
-metrics come from GenerationEval, which prints BLEU 0-100 (multi-bleu-detok.perl's "BLEU = 46.52")
-and METEOR/TER as fractions, exactly the scale of LoRA Tables 13 and 14. Tables print the papers'
-scale, so E2E BLEU/METEOR/ROUGE-L are multiplied by 100 and everything else is printed as stored.
+Scales (eval/README.md): results.json holds each metric as the official tool prints it; tables
+print the papers' scale (`Task.paper_scale`: E2E BLEU/METEOR/ROUGE-L x100, everything else as stored).
 """
 
 from __future__ import annotations
@@ -14,29 +11,12 @@ import math
 from typing import Any
 
 from nola.errors import NolaError
-
-TASKS = ("e2e", "dart", "webnlg")
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "e2e": ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"),
-    "dart": ("BLEU", "METEOR", "TER"),
-    "webnlg": ("BLEU", "METEOR", "TER"),
-}
-WEBNLG_SPLITS = ("unseen", "seen", "all")
-
-# results.json value x factor = the number the papers print.
-PAPER_SCALE: dict[str, dict[str, float]] = {
-    "e2e": {"BLEU": 100.0, "NIST": 1.0, "METEOR": 100.0, "ROUGE_L": 100.0, "CIDEr": 1.0},
-    "dart": {"BLEU": 1.0, "METEOR": 1.0, "TER": 1.0},
-    "webnlg": {"BLEU": 1.0, "METEOR": 1.0, "TER": 1.0},
-}
-
-# The BLEU a task is judged by (the figure's, the bootstrap's, a sweep's objective): WebNLG's over all categories.
-BLEU_KEY = {"e2e": "BLEU", "dart": "BLEU", "webnlg": "all.BLEU"}
+from nola.tasks import get_task
 
 
 def headline_bleu(task: str, metrics: dict[str, Any]) -> float:
-    """BLEU_KEY's value of a results.json metrics object, on results.json's scale."""
-    return float(dotted_get(metrics, BLEU_KEY[task]))
+    """The value of the BLEU `task` is judged by (`Task.bleu_key`) in a results.json metrics object."""
+    return float(dotted_get(metrics, get_task(task).bleu_key))
 
 
 MODEL_LABELS = {"gpt2": "GPT-2 S", "gpt2-medium": "GPT-2 M", "gpt2-large": "GPT-2 L", "gpt2-xl": "GPT-2 XL"}
@@ -50,12 +30,6 @@ def model_label(model: str) -> str:
 def metric_name(flat_key: str) -> str:
     """"unseen.BLEU" -> "BLEU"; "BLEU" -> "BLEU"."""
     return flat_key.rsplit(".", 1)[-1]
-
-
-def check_task(task: Any, origin: str) -> str:
-    if task not in TASKS:
-        raise NolaError(f"{origin}: key 'task' is {task!r}; use one of {', '.join(TASKS)}")
-    return task
 
 
 def check_number(value: Any, origin: str, key: str) -> float:
@@ -73,9 +47,10 @@ def flatten_metrics(task: str, metrics: Any, origin: str, key: str, *, allow_nul
     """
     if not isinstance(metrics, dict):
         raise NolaError(f"{origin}: key '{key}' must be an object of metrics, got {type(metrics).__name__}")
-    if task == "webnlg":
-        groups = {split: metrics.get(split) for split in WEBNLG_SPLITS}
-        extra = sorted(set(metrics) - set(WEBNLG_SPLITS))
+    spec = get_task(task)
+    if spec.groups:
+        groups = {split: metrics.get(split) for split in spec.groups}
+        extra = sorted(set(metrics) - set(spec.groups))
         if extra:
             raise NolaError(f"{origin}: unknown key '{key}.{extra[0]}'; WebNLG metrics are grouped by all/seen/unseen")
     else:
@@ -84,11 +59,11 @@ def flatten_metrics(task: str, metrics: Any, origin: str, key: str, *, allow_nul
     for prefix, group in groups.items():
         where = f"{key}.{prefix}" if prefix else key
         if not isinstance(group, dict):
-            raise NolaError(f"{origin}: key '{where}' must be an object with {', '.join(TASK_METRICS[task])}")
-        extra = sorted(set(group) - set(TASK_METRICS[task]))
+            raise NolaError(f"{origin}: key '{where}' must be an object with {', '.join(spec.metrics)}")
+        extra = sorted(set(group) - set(spec.metrics))
         if extra:
             raise NolaError(f"{origin}: unknown metric '{where}.{extra[0]}' for task {task}")
-        for name in TASK_METRICS[task]:
+        for name in spec.metrics:
             if name not in group:
                 raise NolaError(f"{origin}: missing metric '{where}.{name}' for task {task}")
             flat_key = f"{prefix}.{name}" if prefix else name
